@@ -1,0 +1,1 @@
+"""Singer tap for the analytics API, built with the Meltano Singer SDK."""

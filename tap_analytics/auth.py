@@ -1,0 +1,120 @@
+"""Authentication, one authenticator per tap run (built by the tap, shared by streams).
+
+Family v1 uses OAuth2 client credentials, family v3 an ``x-api-key`` header
+(the SDK's :class:`~singer_sdk.authenticators.APIKeyAuthenticator` as is).
+"""
+
+from __future__ import annotations
+
+import datetime
+import typing as t
+
+import requests
+from singer_sdk.authenticators import OAuthAuthenticator
+
+from tap_analytics.errors import TapAnalyticsError, one_line, safe_url
+
+# Ask for a new token this long before the old one expires (or a tenth of its
+# lifetime when that is shorter), so a request never leaves with a token that
+# expires in flight.
+REFRESH_MARGIN = datetime.timedelta(seconds=30)
+# 400 and 415 are how servers that want a JSON token request reject a form body.
+JSON_FALLBACK_STATUSES = frozenset({400, 415})
+
+
+class TokenRequestError(TapAnalyticsError):
+    """The token endpoint refused the credentials or could not be reached."""
+
+
+class ClientCredentialsAuthenticator(OAuthAuthenticator):
+    """OAuth2 client-credentials flow for family v1.
+
+    Extends the SDK's authenticator where it falls short of API.md: it refreshes
+    only at the exact expiry, posts only form bodies, logs the token endpoint's
+    response body and raises a bare ``RuntimeError`` on refusal.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        timeout: float,
+    ) -> None:
+        super().__init__(
+            auth_endpoint=token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+        )
+        self._timeout = timeout
+
+    @property
+    def oauth_request_body(self) -> dict[str, t.Any]:
+        return {
+            "grant_type": "client_credentials",
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+        }
+
+    def is_token_valid(self) -> bool:
+        if self.last_refreshed is None or self.access_token is None:
+            return False
+        if not self.expires_in:
+            return True
+        lifetime = datetime.timedelta(seconds=self.expires_in)
+        margin = min(REFRESH_MARGIN, lifetime / 10)
+        return (
+            datetime.datetime.now(datetime.UTC)
+            < self.last_refreshed + lifetime - margin
+        )
+
+    def invalidate(self) -> None:
+        """Forget the token, so the next request fetches a new one (after a 401)."""
+        self.access_token = None
+        self.last_refreshed = None
+
+    def update_access_token(self) -> None:
+        self.logger.info("Requesting a new access token from %s", self._token_url)
+        requested_at = datetime.datetime.now(datetime.UTC)
+        response = self._post(json_body=False)
+        if response.status_code in JSON_FALLBACK_STATUSES:
+            response = self._post(json_body=True)
+        if not response.ok:
+            msg = (
+                f"token request to token_url {self._token_url} was rejected: "
+                f"{response.status_code} {response.reason}"
+            )
+            if response.status_code in {400, 401, 403}:
+                msg += " (check client_id and client_secret)"
+            raise TokenRequestError(msg)
+        try:
+            token = response.json()
+            self.access_token = str(token["access_token"])
+        except (ValueError, KeyError, TypeError) as exc:
+            msg = (
+                f"token_url {self._token_url} answered without an access_token: "
+                f"{one_line(response.text, 80)!r}"
+            )
+            raise TokenRequestError(msg) from exc
+        expires_in = token.get("expires_in", self._default_expiration)
+        self.expires_in = int(expires_in) if expires_in else None
+        self.last_refreshed = requested_at
+
+    @property
+    def _token_url(self) -> str:
+        return safe_url(self.auth_endpoint)
+
+    def _post(self, *, json_body: bool) -> requests.Response:
+        payload = self.oauth_request_payload
+        try:
+            return self._session.post(
+                self.auth_endpoint,
+                headers=self._oauth_headers,
+                timeout=self._timeout,
+                json=payload if json_body else None,
+                data=None if json_body else payload,
+            )
+        except requests.RequestException as exc:
+            msg = f"cannot reach token_url {self._token_url}: {type(exc).__name__}"
+            raise TokenRequestError(msg) from exc

@@ -1,0 +1,193 @@
+"""Base REST stream for both families: URL, auth, retry policy, parsing, cursors."""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+from functools import cached_property
+from importlib.metadata import version
+from urllib.parse import urlsplit
+
+from singer_sdk.exceptions import RetriableAPIError
+from singer_sdk.streams import RESTStream
+
+from tap_analytics.auth import ClientCredentialsAuthenticator
+from tap_analytics.errors import APIResponseError, one_line, safe_url
+from tap_analytics.responses import json_body, records_in
+from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
+
+if t.TYPE_CHECKING:
+    from collections.abc import Generator, Iterable
+
+    import requests
+    from backoff.types import Details
+    from singer_sdk.helpers.types import Auth, Context
+    from singer_sdk.streams.rest import HTTPRequest, PageContext
+
+    from tap_analytics.tap import TapAnalytics
+
+
+class TokenRejectedError(APIResponseError):
+    """A data request got 401 although a token was sent."""
+
+
+def describe_failure(response: requests.Response) -> str:
+    """``GET <url> answered 503 Service Unavailable: <start of the body>``."""
+    request = response.request
+    text = f"{request.method} {safe_url(response.url)} answered "
+    text += f"{response.status_code} {response.reason}"
+    if response.content:
+        text += f": {one_line(response.text)}"
+    return text
+
+
+class AnalyticsStream(RESTStream[t.Any]):
+    """What every stream of this API shares; subclasses read like API.md's tables."""
+
+    #: Where the records are in a response body (API.md's data selector).
+    records_key: t.ClassVar[str] = "data"
+
+    @property
+    def analytics_tap(self) -> TapAnalytics:
+        return t.cast("TapAnalytics", self._tap)
+
+    @property
+    def url_base(self) -> str:
+        return self.analytics_tap.base_url
+
+    @property
+    def authenticator(self) -> Auth:
+        # One authenticator per tap run, so v1 streams share one token.
+        return self.analytics_tap.authenticator
+
+    @property
+    def timeout(self) -> int:
+        return int(self.analytics_tap.setting("request_timeout"))
+
+    @cached_property
+    def user_agent(self) -> str:
+        default = f"tap-analytics/{version('tap-analytics')}"
+        return str(self.config.get("user_agent") or default)
+
+    # --- requests ------------------------------------------------------------
+
+    def get_http_request(self, *, page: PageContext[t.Any]) -> HTTPRequest:
+        """Send a cursor back the way the API handed it out.
+
+        An opaque token goes in ``?next=`` (URL-encoded by the SDK, since tokens
+        carry ``=``, ``+`` and ``/``); an absolute URL is followed as is, without
+        re-adding the first page's parameters.
+        """
+        request = super().get_http_request(page=page)
+        cursor = page.next_page_token
+        if isinstance(cursor, str):
+            if urlsplit(cursor).scheme:
+                request.url = self._same_origin(cursor)
+                request.params = {}
+            else:
+                request.params["next"] = cursor
+        return request
+
+    def _same_origin(self, url: str) -> str:
+        # Following a next-page link to another host would hand it our credentials.
+        if urlsplit(url).netloc != urlsplit(self.url_base).netloc:
+            msg = (
+                f"stream '{self.name}': refusing to follow a next-page URL on "
+                f"another host ({safe_url(url)}); base_url is {self.url_base}"
+            )
+            raise APIResponseError(msg)
+        return url
+
+    def validate_response(self, response: requests.Response) -> None:
+        """Classify a response by API.md's rules (the SDK retries every 5xx)."""
+        status = response.status_code
+        if status in RETRY_STATUSES:
+            raise RetriableAPIError(describe_failure(response), response)
+        if status == 401 and isinstance(
+            self.authenticator, ClientCredentialsAuthenticator
+        ):
+            raise TokenRejectedError(describe_failure(response))
+        if status >= 400:
+            raise APIResponseError(describe_failure(response))
+        json_body(response)  # a 200 that is not JSON fails here, not as no records
+
+    def _request(
+        self,
+        prepared_request: requests.PreparedRequest,
+        context: Context | None,
+    ) -> requests.Response:
+        # The SDK treats 401 as fatal; a short-lived token can be revoked or expire
+        # early, so fetch a new one once and repeat the request before giving up.
+        try:
+            return super()._request(prepared_request, context)
+        except TokenRejectedError:
+            auth = t.cast("ClientCredentialsAuthenticator", self.authenticator)
+            self.logger.info("Access token rejected; requesting a new one")
+            auth.invalidate()
+            return super()._request(prepared_request, context)
+
+    def parse_response(self, response: requests.Response) -> Iterable[dict[str, t.Any]]:
+        return records_in(json_body(response), self.records_key)
+
+    def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
+        # Children may have been fetched ahead (tap_analytics.prefetch); a parent
+        # reads its own records a few ahead so its children's requests overlap.
+        prefetcher = self.analytics_tap.prefetcher
+        prefetched = prefetcher.take(self, context)
+        records = self.request_records(context) if prefetched is None else prefetched
+        return prefetcher.read_ahead(self, context, records)
+
+    # --- retry policy (API.md "Both families"; see tap_analytics.retry) ------
+
+    def backoff_wait_generator(self) -> Generator[float, t.Any, None]:
+        return backoff_waits(float(self.analytics_tap.setting("retry_backoff_factor")))
+
+    def backoff_max_tries(self) -> int:
+        return MAX_ATTEMPTS
+
+    def backoff_jitter(self, value: float) -> float:
+        return value  # backoff_waits jitters computed waits, never Retry-After
+
+    def backoff_handler(self, details: Details) -> None:
+        failure = details.get("exception")
+        request = details["args"][0] if details.get("args") else None
+        url = safe_url(getattr(request, "url", "") or self.path or "")
+        if isinstance(failure, RetriableAPIError) and failure.response is not None:
+            reason = f"{failure.response.status_code} {failure.response.reason}"
+        else:
+            reason = type(failure).__name__
+        self.log(
+            "Retry %d of %d for GET %s in %.1f s after %s",
+            details["tries"],
+            MAX_ATTEMPTS - 1,
+            url,
+            details.get("wait", 0.0),
+            reason,
+            level=logging.WARNING,
+        )
+
+
+class ChildStream(AnalyticsStream):
+    """A stream requested once per parent record, ``{parent_id}`` in its path.
+
+    State is kept per stream, not per parent: by default the SDK keeps one
+    bookmark entry per parent context, so state grows with the number of parents
+    (2,000 workflows → hundreds of MB of STATE). These streams are full-table, so
+    there is nothing per parent worth keeping.
+    """
+
+    #: The field that carries the parent's key in each record.
+    parent_key_field: t.ClassVar[str]
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.state_partitioning_keys = []  # one state entry, whatever the parent
+
+    def post_process(
+        self,
+        row: dict[str, t.Any],
+        context: Context | None = None,
+    ) -> dict[str, t.Any] | None:
+        if context is not None and row.get(self.parent_key_field) is None:
+            row[self.parent_key_field] = context["parent_id"]
+        return row

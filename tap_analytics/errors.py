@@ -1,0 +1,50 @@
+"""Failures the tap expects, and the one-line report a user sees for them.
+
+A tap runs unattended: when the configuration or the API is wrong, the last line
+on stderr must say what is wrong (naming the setting or the URL, never a secret)
+and the exit code must be non-zero. Tracebacks are kept for ``--log-level debug``.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
+
+
+class TapAnalyticsError(Exception):
+    """An expected failure, reported as one line without a traceback."""
+
+
+class ConfigError(TapAnalyticsError):
+    """A setting is missing, of the wrong type or contradicts another one."""
+
+
+class APIResponseError(FatalAPIError):
+    """The API answered, but not with something the tap can use.
+
+    Subclasses the SDK's fatal error so the SDK's retry decorator does not retry it.
+    """
+
+
+class RetriesExhaustedError(RetriableAPIError):
+    """A retriable status that kept coming back after the last retry."""
+
+
+class CursorLoopError(APIResponseError):
+    """The API handed out a pagination cursor it had already handed out."""
+
+
+def safe_url(url: str) -> str:
+    """Return ``url`` without user info, so no credential reaches a message."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Collapse whitespace and cut ``text`` so it fits on one log line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else f"{flat[:limit]}…"

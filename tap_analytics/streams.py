@@ -1,0 +1,206 @@
+"""One class per resource, as API.md's tables list them."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import typing as t
+
+import msgspec
+
+from tap_analytics import schemas
+from tap_analytics.client import AnalyticsStream, ChildStream
+from tap_analytics.pagination import (
+    BodyCursorPaginator,
+    JobsOffsetPaginator,
+    PagingCursorPaginator,
+)
+
+if t.TYPE_CHECKING:
+    from singer_sdk.helpers.types import Context
+    from singer_sdk.pagination import BaseAPIPaginator
+
+Record = dict[str, t.Any]
+
+
+def parse_timestamp(value: str) -> datetime.datetime:
+    """Lenient ISO-8601: seconds optional (``2024-03-01T01:30Z``), naive means UTC."""
+    parsed = datetime.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def rfc3339(value: str | None) -> str | None:
+    """The same instant written as RFC 3339 in UTC, for every target to read."""
+    if not value:
+        return value
+    return parse_timestamp(value).astimezone(datetime.UTC).isoformat()
+
+
+# --- family v1: OAuth2, records under "data" ------------------------------------
+
+
+class V1JobsStream(AnalyticsStream):
+    """``/v1/jobs``: offset pages, incremental on ``lastUpdatedAt``."""
+
+    name = "jobs"
+    path = "/v1/jobs"
+    primary_keys = ("jobId",)
+    replication_key = "lastUpdatedAt"
+    # The server's order is not guaranteed: the SDK keeps the maximum seen and
+    # writes it as the bookmark when the stream ends.
+    is_sorted = False
+    schema = schemas.V1_JOBS
+
+    def get_new_paginator(self) -> BaseAPIPaginator[int]:
+        return JobsOffsetPaginator(start_value=0, page_size=self.page_size)
+
+    @property
+    def page_size(self) -> int:
+        return int(self.analytics_tap.setting("page_size"))
+
+    def get_url_params(
+        self,
+        context: Context | None,
+        next_page_token: int | None,
+    ) -> dict[str, t.Any]:
+        params: dict[str, t.Any] = {"limit": self.page_size, "offset": next_page_token}
+        if start := self.get_starting_timestamp(context):
+            params["updatedAtStart"] = start.isoformat()
+            params["orderBy"] = "updatedAt|ASC"
+        return params
+
+    def post_process(
+        self, row: Record, context: Context | None = None
+    ) -> Record | None:
+        # The server filters on updatedAtStart too; filtering again costs little
+        # and keeps a lax server from re-sending old jobs on every run.
+        updated_at = parse_timestamp(row["lastUpdatedAt"])
+        start = self.get_starting_timestamp(context)
+        if start is not None and updated_at < start:
+            return None
+        row["lastUpdatedAt"] = updated_at.astimezone(datetime.UTC).isoformat()
+        row["startTime"] = rfc3339(row.get("startTime"))
+        return row
+
+
+class V1CursorStream(AnalyticsStream):
+    """A v1 list paged by the ``next`` cursor (token or absolute URL)."""
+
+    def get_new_paginator(self) -> BaseAPIPaginator[str | None]:
+        return BodyCursorPaginator(self.name)
+
+
+class V1ConnectionsStream(V1CursorStream):
+    name = "connections"
+    path = "/v1/connections"
+    primary_keys = ("connectionId",)
+    schema = schemas.V1_CONNECTIONS
+
+
+class V1WorkspacesStream(V1CursorStream):
+    name = "workspaces"
+    path = "/v1/workspaces"
+    primary_keys = ("workspaceId",)
+    schema = schemas.V1_WORKSPACES
+
+
+# --- family v3: x-api-key, single pages except job results ----------------------
+
+
+class V3Stream(AnalyticsStream):
+    """v3 streams send ``x-project-id`` when ``project_uid`` is set."""
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        headers = super().http_headers
+        if project_uid := self.config.get("project_uid"):
+            headers["x-project-id"] = project_uid
+        return headers
+
+    def get_new_paginator(self) -> BaseAPIPaginator[t.Any] | None:
+        return None  # single page
+
+
+class V3WorkspaceStream(V3Stream):
+    name = "workspace"
+    path = "/v3/workspace"
+    primary_keys = ("name",)
+    schema = schemas.V3_WORKSPACE
+
+
+class V3WorkflowsStream(V3Stream):
+    name = "workflows"
+    path = "/v3/workflows"
+    primary_keys = ("uid",)
+    schema = schemas.V3_WORKFLOWS
+
+    def get_child_context(self, record: Record, context: Context | None) -> Context:
+        return {"parent_id": record["uid"]}
+
+
+class V3JobsStream(V3Stream, ChildStream):
+    name = "jobs"
+    path = "/v3/workflows/{parent_id}/jobs"
+    primary_keys = ("uid",)
+    schema = schemas.V3_JOBS
+    parent_stream_type = V3WorkflowsStream
+    parent_key_field = "workflow_uid"
+
+
+class V3SuccessfulJobsStream(V3JobsStream):
+    """The jobs that produced rows; only these have results worth requesting."""
+
+    name = "successful_jobs"
+
+    def post_process(
+        self, row: Record, context: Context | None = None
+    ) -> Record | None:
+        if row.get("status") != "finished" or not (row.get("total_row_count") or 0) > 0:
+            return None
+        return super().post_process(row, context)
+
+    def get_child_context(self, record: Record, context: Context | None) -> Context:
+        return {"parent_id": record["uid"]}
+
+
+class V3JobResultsStream(V3Stream, ChildStream):
+    name = "job_results"
+    path = "/v3/jobs/{parent_id}/results"
+    primary_keys = ("job_result_id",)
+    schema = schemas.V3_JOB_RESULTS
+    parent_stream_type = V3SuccessfulJobsStream
+    parent_key_field = "job_uid"
+    records_key = "results"
+
+    def get_new_paginator(self) -> BaseAPIPaginator[str | None]:
+        return PagingCursorPaginator(self.name)
+
+    def post_process(
+        self, row: Record, context: Context | None = None
+    ) -> Record | None:
+        if "job_result_id" not in row and context is not None:
+            row = {
+                "job_result_id": bare_row_id(context["parent_id"], row),
+                "results": row,
+            }
+        return super().post_process(row, context)
+
+
+def bare_row_id(job_uid: str, row: Record) -> str:
+    """A stable id for a result row that came without one: job uid + row content."""
+    content = msgspec.json.encode(row, order="sorted")
+    return hashlib.sha256(job_uid.encode() + b"\0" + content).hexdigest()
+
+
+V1_STREAMS: tuple[type[AnalyticsStream], ...] = (
+    V1JobsStream,
+    V1ConnectionsStream,
+    V1WorkspacesStream,
+)
+V3_STREAMS: tuple[type[AnalyticsStream], ...] = (
+    V3WorkspaceStream,
+    V3WorkflowsStream,
+    V3JobsStream,
+    V3SuccessfulJobsStream,
+    V3JobResultsStream,
+)

@@ -1,0 +1,248 @@
+"""The tap: settings, the family switch, and the command-line entry point."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+import typing as t
+from functools import cached_property
+
+import requests
+from jsonschema import Draft202012Validator
+from singer_sdk import Tap
+from singer_sdk import typing as th
+from singer_sdk.authenticators import APIKeyAuthenticator
+from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
+
+from tap_analytics.auth import ClientCredentialsAuthenticator
+from tap_analytics.errors import ConfigError, TapAnalyticsError, safe_url
+from tap_analytics.prefetch import Prefetcher
+from tap_analytics.retry import MAX_ATTEMPTS
+from tap_analytics.streams import V1_STREAMS, V3_STREAMS, parse_timestamp
+
+if t.TYPE_CHECKING:
+    from singer_sdk.helpers.types import Auth
+    from singer_sdk.streams import Stream
+
+DEFAULT_BASE_URL = "https://api.example.com"
+
+
+class Family(enum.StrEnum):
+    """The two API families; one tap instance serves one (stream names collide)."""
+
+    V1 = "v1"
+    V3 = "v3"
+
+
+def resolve_family(config: t.Mapping[str, t.Any]) -> Family:
+    """``api_version`` if set, else inferred from which credentials are present."""
+    has_v1 = bool(config.get("client_id") or config.get("client_secret"))
+    has_v3 = bool(config.get("api_key"))
+    if version := config.get("api_version"):
+        family = Family(version)
+    elif has_v1 and has_v3:
+        msg = (
+            "both client_id/client_secret (family v1) and api_key (family v3) are "
+            "set: remove one, or set api_version to choose"
+        )
+        raise ConfigError(msg)
+    elif has_v1 or has_v3:
+        family = Family.V1 if has_v1 else Family.V3
+    else:
+        msg = (
+            "no credentials: set client_id and client_secret (family v1) "
+            "or api_key (family v3)"
+        )
+        raise ConfigError(msg)
+    required = ("client_id", "client_secret") if family is Family.V1 else ("api_key",)
+    if missing := [name for name in required if not config.get(name)]:
+        msg = f"api_version {family} needs {' and '.join(missing)}"
+        raise ConfigError(msg)
+    return family
+
+
+def setting_problem(error: t.Any) -> str:
+    """Describe a JSON Schema error by the setting's name, never by its value.
+
+    The SDK's messages quote the offending value, which for a secret is a leak.
+    """
+    name = ".".join(str(part) for part in error.absolute_path) or "config"
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"setting '{name}' must be of type {expected}"
+    if error.validator == "enum":
+        return f"setting '{name}' must be one of {', '.join(error.validator_value)}"
+    if error.validator == "required":
+        return f"{error.message.split(' is a')[0]} is required"
+    return f"setting '{name}' is invalid ({error.validator})"
+
+
+class TapAnalytics(Tap):
+    """Singer tap for the analytics API (families v1 and v3)."""
+
+    name = "tap-analytics"
+
+    config_jsonschema = th.PropertiesList(
+        th.Property(
+            "api_version",
+            th.StringType,
+            allowed_values=[family.value for family in Family],
+            description=(
+                "API family: v1 (OAuth2) or v3 (API key). Inferred from the "
+                "credentials when unset; set it when a config holds both."
+            ),
+        ),
+        th.Property(
+            "base_url",
+            th.StringType,
+            default=DEFAULT_BASE_URL,
+            description="API root URL, without a path (a trailing slash is ignored).",
+        ),
+        th.Property("client_id", th.StringType, description="v1: OAuth2 client ID."),
+        th.Property(
+            "client_secret",
+            th.StringType,
+            secret=True,
+            description="v1: OAuth2 client secret.",
+        ),
+        th.Property(
+            "token_url",
+            th.StringType,
+            description="v1: OAuth2 token endpoint. Default: {base_url}/token.",
+        ),
+        th.Property(
+            "api_key",
+            th.StringType,
+            secret=True,
+            description="v3: API key, sent as the x-api-key header.",
+        ),
+        th.Property(
+            "project_uid",
+            th.StringType,
+            description="v3: project UID, sent as the x-project-id header when set.",
+        ),
+        th.Property(
+            "start_date",
+            th.DateTimeType,
+            description=(
+                "v1: earliest lastUpdatedAt of `jobs` to extract (ISO-8601) when "
+                "there is no bookmark yet. Unset: extract everything."
+            ),
+        ),
+        th.Property(
+            "page_size",
+            th.IntegerType,
+            default=100,
+            description="v1: `limit` of each `jobs` page.",
+        ),
+        th.Property(
+            "request_timeout",
+            th.IntegerType,
+            default=60,
+            description="Seconds to wait for a response before retrying.",
+        ),
+        th.Property(
+            "max_concurrent_requests",
+            th.IntegerType,
+            default=8,
+            description="v3: child requests in flight at once; 1 makes them serial.",
+        ),
+        th.Property(
+            "retry_backoff_factor",
+            th.NumberType,
+            default=2,
+            description=(
+                "Seconds before the first retry, doubling for each of the 3 "
+                "retries (2, 4, 8 s). A Retry-After header takes precedence."
+            ),
+        ),
+        th.Property(
+            "user_agent",
+            th.StringType,
+            description="User-Agent header. Default: tap-analytics/<version>.",
+        ),
+    ).to_dict()
+
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        # Replaces the SDK's validation, whose messages echo setting values.
+        schema = dict(self.config_jsonschema)
+        self.append_builtin_config(schema)
+        validator = Draft202012Validator(schema)
+        config = dict(self.config)
+        problems = [setting_problem(e) for e in validator.iter_errors(config)]
+        if not problems:
+            try:
+                resolve_family(config)
+                if start_date := config.get("start_date"):
+                    parse_timestamp(start_date)
+            except ConfigError as exc:
+                problems.append(str(exc))
+            except ValueError:
+                problems.append("setting 'start_date' is not an ISO-8601 date-time")
+        if problems and raise_errors:
+            raise ConfigError("; ".join(problems))
+        return problems
+
+    def setting(self, name: str) -> t.Any:
+        """A setting's value, or its documented default (the SDK applies none)."""
+        value = self.config.get(name)
+        if value is None:
+            return self.config_jsonschema["properties"][name].get("default")
+        return value
+
+    @property
+    def family(self) -> Family:
+        return resolve_family(self.config)
+
+    @property
+    def base_url(self) -> str:
+        return str(self.setting("base_url")).rstrip("/")
+
+    @cached_property
+    def authenticator(self) -> Auth:
+        """The run's one authenticator, shared by every stream."""
+        if self.family is Family.V3:
+            return APIKeyAuthenticator(key="x-api-key", value=self.config["api_key"])
+        return ClientCredentialsAuthenticator(
+            token_url=self.config.get("token_url") or f"{self.base_url}/token",
+            client_id=self.config["client_id"],
+            client_secret=self.config["client_secret"],
+            timeout=self.setting("request_timeout"),
+        )
+
+    @cached_property
+    def prefetcher(self) -> Prefetcher:
+        return Prefetcher(max_workers=self.setting("max_concurrent_requests"))
+
+    def discover_streams(self) -> list[Stream]:
+        streams = V1_STREAMS if self.family is Family.V1 else V3_STREAMS
+        return [stream_class(tap=self) for stream_class in streams]
+
+
+def failure_message(exc: BaseException) -> str | None:
+    """One line for an expected failure; ``None`` for a bug (keep the traceback)."""
+    if isinstance(exc, RetriableAPIError):
+        return f"{exc} (gave up after {MAX_ATTEMPTS} attempts)"
+    if isinstance(exc, (TapAnalyticsError, FatalAPIError)):
+        return str(exc)
+    if isinstance(exc, requests.RequestException):
+        url = safe_url(exc.request.url) if exc.request and exc.request.url else "?"
+        kind = "timed out" if isinstance(exc, requests.Timeout) else "unreachable"
+        return f"GET {url}: server {kind} (gave up after {MAX_ATTEMPTS} attempts)"
+    return None
+
+
+def main() -> None:
+    """``tap-analytics``: the SDK's CLI, with expected failures on one line."""
+    try:
+        TapAnalytics.cli()
+    except Exception as exc:
+        message = failure_message(exc)
+        if message is None:
+            raise
+        Prefetcher.cancel_all()  # nobody will read what is still queued
+        logging.getLogger(TapAnalytics.name).debug("Failure", exc_info=True)
+        print(f"tap-analytics: error: {message}", file=sys.stderr)
+        sys.exit(1)
