@@ -17,6 +17,8 @@ from tap_analytics.pagination import (
 )
 
 if t.TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from singer_sdk.helpers.types import Context
     from singer_sdk.pagination import BaseAPIPaginator
 
@@ -50,9 +52,15 @@ class V1JobsStream(AnalyticsStream):
     # writes it as the bookmark when the stream ends.
     is_sorted = False
     schema = schemas.V1_JOBS
+    _since: datetime.datetime | None = None
 
     def get_new_paginator(self) -> BaseAPIPaginator[int]:
         return JobsOffsetPaginator(start_value=0, page_size=self.page_size)
+
+    def get_records(self, context: Context | None) -> Iterable[Record]:
+        # Read the bookmark (or start_date) once per sync, not once per record.
+        self._since = self.get_starting_timestamp(context)
+        return super().get_records(context)
 
     @property
     def page_size(self) -> int:
@@ -64,8 +72,8 @@ class V1JobsStream(AnalyticsStream):
         next_page_token: int | None,
     ) -> dict[str, t.Any]:
         params: dict[str, t.Any] = {"limit": self.page_size, "offset": next_page_token}
-        if start := self.get_starting_timestamp(context):
-            params["updatedAtStart"] = start.isoformat()
+        if self._since:
+            params["updatedAtStart"] = self._since.isoformat()
             params["orderBy"] = "updatedAt|ASC"
         return params
 
@@ -75,8 +83,7 @@ class V1JobsStream(AnalyticsStream):
         # The server filters on updatedAtStart too; filtering again costs little
         # and keeps a lax server from re-sending old jobs on every run.
         updated_at = parse_timestamp(row["lastUpdatedAt"])
-        start = self.get_starting_timestamp(context)
-        if start is not None and updated_at < start:
+        if self._since is not None and updated_at < self._since:
             return None
         row["lastUpdatedAt"] = updated_at.astimezone(datetime.UTC).isoformat()
         row["startTime"] = rfc3339(row.get("startTime"))

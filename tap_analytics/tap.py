@@ -17,6 +17,7 @@ from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
 from tap_analytics.errors import ConfigError, TapAnalyticsError, safe_url
+from tap_analytics.output import BufferedMsgSpecWriter
 from tap_analytics.prefetch import Prefetcher
 from tap_analytics.retry import MAX_ATTEMPTS
 from tap_analytics.streams import V1_STREAMS, V3_STREAMS, parse_timestamp
@@ -83,6 +84,7 @@ class TapAnalytics(Tap):
     """Singer tap for the analytics API (families v1 and v3)."""
 
     name = "tap-analytics"
+    message_writer_class = BufferedMsgSpecWriter
 
     config_jsonschema = th.PropertiesList(
         th.Property(
