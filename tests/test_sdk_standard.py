@@ -1,0 +1,28 @@
+"""The SDK's standard tap tests, against a sandbox started for this module."""
+
+from __future__ import annotations
+
+import atexit
+
+from singer_sdk.testing import SuiteConfig, get_tap_test_class
+
+from tap_analytics.sandbox import SandboxConfig, SandboxServer
+from tap_analytics.tap import TapAnalytics
+from tests.tap_runner import v1_config, v3_config
+
+# get_tap_test_class builds the test classes at import, so it needs the sandbox's
+# address then: a fixture would start too late.
+_SERVER = SandboxServer(SandboxConfig(seed=11, v1_jobs=120, v3_workflows=3)).start()
+atexit.register(_SERVER.stop)
+
+TestTapAnalyticsV1 = get_tap_test_class(
+    tap_class=TapAnalytics,
+    config=v1_config(_SERVER, start_date="2024-01-01T00:00:00Z"),
+    suite_config=SuiteConfig(),
+)
+
+TestTapAnalyticsV3 = get_tap_test_class(
+    tap_class=TapAnalytics,
+    config=v3_config(_SERVER),
+    suite_config=SuiteConfig(),
+)

@@ -1,0 +1,157 @@
+"""Family v1 against the sandbox over real HTTP (issue 3)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+
+import pytest
+
+from tap_analytics.tap import TapAnalytics
+from tests.tap_runner import run_cli, sync, v1_config
+
+V1_KEYS = {"jobs": "jobId", "connections": "connectionId", "workspaces": "workspaceId"}
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00$")
+
+
+def instant(value: str) -> datetime.datetime:
+    """Parse the sandbox's timestamps independently of the tap's parser."""
+    for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%MZ"):
+        try:
+            return datetime.datetime.strptime(value, fmt).replace(tzinfo=datetime.UTC)
+        except ValueError:
+            continue
+    raise AssertionError(f"unexpected sandbox timestamp {value!r}")
+
+
+def test_discover_lists_exactly_the_v1_streams(sandbox, tmp_path):
+    server = sandbox()
+    run = run_cli("--discover", config=v1_config(server), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    catalog = {s["tap_stream_id"]: s for s in json.loads(run.stdout)["streams"]}
+
+    assert set(catalog) == set(V1_KEYS)
+    for stream, key in V1_KEYS.items():
+        assert catalog[stream]["key_properties"] == [key]
+    jobs = catalog["jobs"]
+    assert jobs["replication_key"] == "lastUpdatedAt"
+    assert jobs["replication_method"] == "INCREMENTAL"
+    props = jobs["schema"]["properties"]
+    assert props["jobId"]["type"] == ["integer"]
+    assert "null" not in props["lastUpdatedAt"]["type"]
+    assert props["lastUpdatedAt"]["format"] == "date-time"
+    for nullable in (
+        "bytesSynced",
+        "connectionId",
+        "duration",
+        "jobType",
+        "rowsSynced",
+        "startTime",
+        "status",
+    ):
+        assert "null" in props[nullable]["type"], nullable
+    connection = catalog["connections"]["schema"]["properties"]
+    assert "null" in connection["schedule"]["type"]
+    assert "null" in connection["tags"]["type"]
+    assert connection["connectionId"]["type"] == ["string"]
+    # no request is needed to describe the streams
+    assert server.requests == []
+
+
+def test_about_documents_every_setting(tmp_path):
+    run = run_cli("--about", "--format", "markdown")
+    assert run.returncode == 0, run.stderr
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[4].strip()
+        for line in run.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| Setting")
+    }
+    for setting in TapAnalytics.config_jsonschema["properties"]:
+        assert rows.get(setting), f"--about has no description for {setting}"
+
+
+@pytest.mark.parametrize("cursor_shape", ["token", "url"])
+@pytest.mark.parametrize(
+    ("jobs", "page_size", "end_marker"),
+    [(250, 100, "null"), (300, 100, "absent"), (7, 3, "empty"), (0, 100, "null")],
+)
+def test_full_sync_emits_exactly_the_dataset(
+    sandbox, cursor_shape, jobs, page_size, end_marker
+):
+    server = sandbox(
+        v1_jobs=jobs,
+        v1_connections=120,
+        v1_workspaces=7,
+        cursor_page_size=50 if jobs else 7,
+        cursor_shape=cursor_shape,
+        end_marker=end_marker,
+        extra_field="undocumentedField",
+    )
+    out = sync(v1_config(server, page_size=page_size))
+
+    for stream, key in V1_KEYS.items():
+        expected = [record[key] for record in server.dataset["v1"][stream]]
+        emitted = out.keys(stream, key)
+        assert len(emitted) == len(expected), stream
+        assert sorted(emitted) == sorted(expected), stream
+        assert all(r["undocumentedField"] for r in out.records.get(stream, [])), stream
+        assert "undocumentedField" not in out.schemas[stream]["schema"]["properties"]
+
+    job_pages = [r for r in server.requests if r["path"] == "/v1/jobs"]
+    # a page shorter than `limit`, or the end marker, ends the stream: no empty page
+    assert len(job_pages) == max(1, math.ceil(jobs / page_size))
+    assert [int(r["query"]["offset"][0]) for r in job_pages] == [
+        i * page_size for i in range(len(job_pages))
+    ]
+    assert {r["query"]["limit"][0] for r in job_pages} == {str(page_size)}
+    # one token for the whole run, not one per stream or request
+    assert len([r for r in server.requests if r["path"] == "/token"]) == 1
+
+
+def test_timestamps_are_parsed_leniently_and_emitted_as_rfc3339(sandbox):
+    server = sandbox(v1_jobs=250)
+    raw = {job["jobId"]: job["lastUpdatedAt"] for job in server.dataset["v1"]["jobs"]}
+    assert any(re.fullmatch(r".*T\d\d:\d\dZ", value) for value in raw.values())
+
+    out = sync(v1_config(server))
+    for job in out.records["jobs"]:
+        assert RFC3339_UTC.match(job["lastUpdatedAt"]), job["lastUpdatedAt"]
+        emitted = datetime.datetime.fromisoformat(job["lastUpdatedAt"])
+        assert emitted == instant(raw[job["jobId"]])
+
+
+def test_rerun_with_final_state_re_emits_only_the_bookmarked_jobs(sandbox):
+    server = sandbox(v1_jobs=250)
+    first = sync(v1_config(server))
+    bookmark = first.final_state["bookmarks"]["jobs"]["replication_key_value"]
+    latest = max(instant(j["lastUpdatedAt"]) for j in server.dataset["v1"]["jobs"])
+    assert datetime.datetime.fromisoformat(bookmark) == latest
+
+    server.clear_requests()
+    second = sync(v1_config(server), state=first.final_state)
+    at_bookmark = sorted(
+        j["jobId"]
+        for j in server.dataset["v1"]["jobs"]
+        if instant(j["lastUpdatedAt"]) == latest
+    )
+    assert sorted(second.keys("jobs", "jobId")) == at_bookmark
+    sent = [r["query"] for r in server.requests if r["path"] == "/v1/jobs"]
+    assert sent[0]["orderBy"] == ["updatedAt|ASC"]
+    assert datetime.datetime.fromisoformat(sent[0]["updatedAtStart"][0]) == latest
+    assert second.final_state["bookmarks"]["jobs"]["replication_key_value"] == bookmark
+
+
+@pytest.mark.parametrize("start_date", ["2024-07-01T00:00:00Z", "2024-07-01T12:30Z"])
+def test_start_date_yields_exactly_the_jobs_updated_since(sandbox, start_date):
+    server = sandbox(v1_jobs=250)
+    out = sync(v1_config(server, start_date=start_date))
+    start = instant(start_date)
+    expected = sorted(
+        j["jobId"]
+        for j in server.dataset["v1"]["jobs"]
+        if instant(j["lastUpdatedAt"]) >= start
+    )
+    assert 0 < len(expected) < 250
+    assert sorted(out.keys("jobs", "jobId")) == expected

@@ -1,0 +1,118 @@
+"""Family v3 against the sandbox over real HTTP (issue 4)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.tap_runner import run_cli, sync, v3_config
+
+V3_KEYS = {
+    "workspace": "name",
+    "workflows": "uid",
+    "jobs": "uid",
+    "successful_jobs": "uid",
+    "job_results": "job_result_id",
+}
+
+
+def successful(job: dict) -> bool:
+    """API.md's filter, written out independently of the tap's code."""
+    count = job["total_row_count"]
+    return job["status"] == "finished" and count is not None and count > 0
+
+
+def test_discover_lists_exactly_the_v3_streams(sandbox, tmp_path):
+    server = sandbox()
+    run = run_cli("--discover", config=v3_config(server), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    catalog = {s["tap_stream_id"]: s for s in json.loads(run.stdout)["streams"]}
+    assert {name: s["key_properties"] for name, s in catalog.items()} == {
+        name: [key] for name, key in V3_KEYS.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("shape", "bare_results", "concurrency"),
+    [("list", False, 8), ("bare", False, 1), ("list", True, 3)],
+)
+def test_sync_emits_exactly_every_record_of_all_five_streams(
+    sandbox, shape, bare_results, concurrency
+):
+    server = sandbox(
+        v3_workflows=6,
+        v3_jobs_per_workflow=8,
+        v3_results_per_job=30,
+        v3_results_page_size=25,
+        v3_data_shape=shape,
+        v3_bare_results=bare_results,
+        extra_field="undocumentedField",
+        project_uid="project-7",
+    )
+    out = sync(
+        v3_config(server, project_uid="project-7", max_concurrent_requests=concurrency)
+    )
+    data = server.dataset["v3"]
+
+    assert out.keys("workspace", "name") == [data["workspace"]["name"]]
+    assert sorted(out.keys("workflows", "uid")) == sorted(
+        w["uid"] for w in data["workflows"]
+    )
+    assert sorted(out.keys("jobs", "uid")) == sorted(j["uid"] for j in data["jobs"])
+
+    expected_successful = sorted(j["uid"] for j in data["jobs"] if successful(j))
+    assert 0 < len(expected_successful) < len(data["jobs"])
+    assert sorted(out.keys("successful_jobs", "uid")) == expected_successful
+    assert all(successful(job) for job in out.records["successful_jobs"])
+
+    results = out.records["job_results"]
+    expected_count = sum(len(data["job_results"][uid]) for uid in expected_successful)
+    assert len(results) == expected_count > 0
+    assert len({r["job_result_id"] for r in results}) == expected_count
+    assert {r["job_uid"] for r in results} == set(expected_successful)
+    if not bare_results:
+        expected_ids = {
+            item["job_result_id"]
+            for uid in expected_successful
+            for item in data["job_results"][uid]
+        }
+        assert {r["job_result_id"] for r in results} == expected_ids
+
+    workflow_of = {j["uid"]: j["workflow_uid"] for j in data["jobs"]}
+    assert all(j["workflow_uid"] == workflow_of[j["uid"]] for j in out.records["jobs"])
+    for stream in V3_KEYS:
+        assert all(
+            "undocumentedField" in r or "results" in r for r in out.records[stream]
+        )
+
+    # results are requested only for successful jobs, and each page once
+    result_paths = [
+        r["path"] for r in server.requests if r["path"].endswith("/results")
+    ]
+    assert {p.split("/")[3] for p in result_paths} == set(expected_successful)
+    pages_needed = sum(
+        -(-len(data["job_results"][uid]) // 25) for uid in expected_successful
+    )
+    assert len(result_paths) == pages_needed
+    # each workflow's job list is fetched once for both jobs and successful_jobs
+    job_lists = [r for r in server.requests if r["path"].endswith("/jobs")]
+    assert len(job_lists) == len(data["workflows"])
+    assert {r["project_id"] for r in server.requests} == {"project-7"}
+    assert {r["auth"] for r in server.requests} == {"api-key"}
+
+
+def test_bare_result_ids_are_stable_across_runs(sandbox):
+    server = sandbox(v3_bare_results=True)
+    first = sync(v3_config(server))
+    second = sync(v3_config(server))
+    ids = sorted(out["job_result_id"] for out in first.records["job_results"])
+    assert ids == sorted(out["job_result_id"] for out in second.records["job_results"])
+
+
+def test_state_stays_small_with_2000_workflows(sandbox):
+    server = sandbox(v3_workflows=2000, v3_jobs_per_workflow=1, v3_results_per_job=1)
+    out = sync(v3_config(server))
+    assert len(out.records["workflows"]) == 2000
+    final = json.dumps(out.final_state)
+    assert len(final.encode()) < 10_000, final[:500]
