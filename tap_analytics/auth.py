@@ -7,12 +7,20 @@ Family v1 uses OAuth2 client credentials, family v3 an ``x-api-key`` header
 from __future__ import annotations
 
 import datetime
+import functools
 import typing as t
 
+import backoff
 import requests
 from singer_sdk.authenticators import OAuthAuthenticator
 
-from tap_analytics.errors import TapAnalyticsError, one_line, safe_url
+from tap_analytics.errors import (
+    TapAnalyticsError,
+    connection_problem,
+    one_line,
+    safe_url,
+)
+from tap_analytics.retry import MAX_ATTEMPTS, backoff_waits
 
 # Ask for a new token this long before the old one expires (or a tenth of its
 # lifetime when that is shorter), so a request never leaves with a token that
@@ -41,6 +49,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         client_id: str,
         client_secret: str,
         timeout: float,
+        backoff_factor: float,
     ) -> None:
         super().__init__(
             auth_endpoint=token_url,
@@ -48,6 +57,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             client_secret=client_secret,
         )
         self._timeout = timeout
+        self._backoff_factor = backoff_factor
 
     @property
     def oauth_request_body(self) -> dict[str, t.Any]:
@@ -106,9 +116,17 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         return safe_url(self.auth_endpoint)
 
     def _post(self, *, json_body: bool) -> requests.Response:
+        # Connection errors and timeouts get the same retries as data requests.
+        post = backoff.on_exception(
+            functools.partial(backoff_waits, self._backoff_factor),
+            (requests.ConnectionError, requests.Timeout),
+            max_tries=MAX_ATTEMPTS,
+            jitter=None,
+            logger=self.logger,
+        )(self._session.post)
         payload = self.oauth_request_payload
         try:
-            return self._session.post(
+            return post(
                 self.auth_endpoint,
                 headers=self._oauth_headers,
                 timeout=self._timeout,
@@ -116,5 +134,8 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
                 data=None if json_body else payload,
             )
         except requests.RequestException as exc:
-            msg = f"cannot reach token_url {self._token_url}: {type(exc).__name__}"
+            msg = (
+                f"cannot reach token_url {self._token_url}: "
+                f"{connection_problem(exc)} (gave up after {MAX_ATTEMPTS} attempts)"
+            )
             raise TokenRequestError(msg) from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+import requests
 from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
 
 
@@ -42,6 +43,13 @@ def safe_url(url: str) -> str:
     if parts.port:
         netloc = f"{netloc}:{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def connection_problem(exc: BaseException) -> str:
+    """``timed out`` or ``connection failed``: what a user can act on."""
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return "connection refused or host unreachable"
 
 
 def one_line(text: str, limit: int = 200) -> str:

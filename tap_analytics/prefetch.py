@@ -89,9 +89,12 @@ class Prefetcher:
 
     @classmethod
     def cancel_all(cls) -> None:
-        """Drop queued fetches, so a failed run exits without finishing them."""
+        """Drop queued fetches after a failure and let running ones end.
+
+        Waiting keeps the workers' log lines above the run's last line, the error.
+        """
         for prefetcher in list(cls._live):
-            prefetcher._pool.shutdown(wait=False, cancel_futures=True)
+            prefetcher._pool.shutdown(wait=True, cancel_futures=True)
 
     def _submit_children(
         self, parent: Stream, record: Record, context: Context | None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import logging
 import sys
 import typing as t
 from functools import cached_property
@@ -16,7 +15,12 @@ from singer_sdk.authenticators import APIKeyAuthenticator
 from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
-from tap_analytics.errors import ConfigError, TapAnalyticsError, safe_url
+from tap_analytics.errors import (
+    ConfigError,
+    TapAnalyticsError,
+    connection_problem,
+    safe_url,
+)
 from tap_analytics.output import BufferedMsgSpecWriter
 from tap_analytics.prefetch import Prefetcher
 from tap_analytics.retry import MAX_ATTEMPTS
@@ -211,7 +215,8 @@ class TapAnalytics(Tap):
             token_url=self.config.get("token_url") or f"{self.base_url}/token",
             client_id=self.config["client_id"],
             client_secret=self.config["client_secret"],
-            timeout=self.setting("request_timeout"),
+            timeout=float(self.setting("request_timeout")),
+            backoff_factor=float(self.setting("retry_backoff_factor")),
         )
 
     @cached_property
@@ -231,8 +236,10 @@ def failure_message(exc: BaseException) -> str | None:
         return str(exc)
     if isinstance(exc, requests.RequestException):
         url = safe_url(exc.request.url) if exc.request and exc.request.url else "?"
-        kind = "timed out" if isinstance(exc, requests.Timeout) else "unreachable"
-        return f"GET {url}: server {kind} (gave up after {MAX_ATTEMPTS} attempts)"
+        return (
+            f"cannot reach GET {url}: {connection_problem(exc)} "
+            f"(gave up after {MAX_ATTEMPTS} attempts)"
+        )
     return None
 
 
@@ -245,6 +252,6 @@ def main() -> None:
         if message is None:
             raise
         Prefetcher.cancel_all()  # nobody will read what is still queued
-        logging.getLogger(TapAnalytics.name).debug("Failure", exc_info=True)
-        print(f"tap-analytics: error: {message}", file=sys.stderr)
+        TapAnalytics.logger.debug("Failure", exc_info=True)
+        print(f"tap-analytics: error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)

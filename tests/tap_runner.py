@@ -90,6 +90,7 @@ def run_cli(
     *args: str,
     config: dict[str, Any] | None = None,
     tmp_path: Any = None,
+    env: dict[str, str] | None = None,
     timeout: float = 60,
 ) -> CliRun:
     """Run the installed ``tap-analytics`` command, as Meltano or a shell would."""
@@ -99,6 +100,11 @@ def run_cli(
         path.write_text(json.dumps(config))
         argv += ["--config", str(path)]
     done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
     )
     return CliRun(done.returncode, done.stdout, done.stderr)
