@@ -1,0 +1,178 @@
+"""``python -m tap_analytics.sandbox``: run the sandbox API until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from .config import SandboxConfig
+from .server import SandboxServer, require_loopback
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Sequence
+
+_HELP = {
+    "seed": "seed of the generated data: same seed, same records and bodies",
+    "v1_jobs": "number of v1 jobs",
+    "v1_connections": "number of v1 connections",
+    "v1_workspaces": "number of v1 workspaces",
+    "cursor_page_size": "page size of v1 connections and workspaces",
+    "max_limit": "cap on the `limit` parameter of v1 jobs",
+    "cursor_shape": "v1 `next` as an opaque token or as an absolute URL",
+    "end_marker": 'how the last v1 page ends: "next": null, no "next", or "next": ""',
+    "extra_field": "name of an undocumented field added to every record",
+    "v3_workflows": "number of v3 workflows",
+    "v3_jobs_per_workflow": "number of v3 jobs in each workflow",
+    "v3_results_per_job": "number of results of each successful v3 job",
+    "v3_results_page_size": "page size of v3 job results",
+    "v3_data_shape": 'v3 workflows/jobs body as {"data": [...]} or the bare array',
+    "v3_bare_results": "v3 job results as bare rows (no job_result_id, extracted_at)",
+    "fault_rate": "probability that a data request gets a 429/500/502/503/504",
+    "fault_retry_after": "Retry-After header of injected 429s",
+    "max_consecutive_faults": "injected faults in a row for one URL, then it is served",
+    "scripted_faults": 'JSON list of {"path", "status", "headers", "times"}: the '
+    "first `times` requests for `path` get `status` and `headers`",
+    "token_ttl": "lifetime of issued tokens in seconds",
+    "loop_cursor": "stream whose second page repeats the first page's cursor",
+    "html_paths": "paths answered with 200 and an HTML login page",
+    "latency_ms": "delay before each answer, in milliseconds",
+    "client_id": "v1 OAuth client id",
+    "client_secret": "v1 OAuth client secret",
+    "api_key": "v3 API key (header x-api-key)",
+    "project_uid": "when set, v3 requests must send it as header x-project-id",
+}
+
+
+def _json_list(text: str) -> list[Any]:
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise ValueError("expected a JSON list")
+    return value
+
+
+def _options(hint: Any) -> dict[str, Any]:
+    """argparse options for a config field, derived from its type annotation."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is Literal:
+        return {"choices": typing.get_args(hint)}
+    if origin is list:
+        item = typing.get_args(hint)[0]
+        return (
+            {"nargs": "+", "metavar": "PATH"}
+            if item is str
+            else {"type": _json_list, "metavar": "JSON"}
+        )
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": hint, "metavar": {int: "N", float: "X"}.get(hint, "TEXT")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tap_analytics.sandbox",
+        usage="%(prog)s [--config FILE.json] [--port N] [--ready-file PATH] [SETTINGS]",
+        description="Serve a deterministic fake of the analytics API (v1 and v3) on "
+        "loopback. Settings come from their defaults, then --config, then the flags.",
+    )
+    server = parser.add_argument_group("server")
+    server.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.json",
+        help="JSON object of settings, named as the flags with underscores",
+    )
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="loopback address to bind (default: 127.0.0.1)",
+    )
+    server.add_argument(
+        "--port", type=int, default=0, help="port; 0 picks a free one (default: 0)"
+    )
+    server.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="PATH",
+        help="write the base URL into this file once listening",
+    )
+    server.add_argument(
+        "--verbose", action="store_true", help="log each request to stderr"
+    )
+    settings = parser.add_argument_group("settings")
+    hints = typing.get_type_hints(SandboxConfig)
+    defaults = SandboxConfig()
+    for item in fields(SandboxConfig):
+        default = getattr(defaults, item.name)
+        shown = "unset" if default is None else json.dumps(default)
+        settings.add_argument(
+            "--" + item.name.replace("_", "-"),
+            dest=item.name,
+            default=argparse.SUPPRESS,  # an absent flag must not override --config
+            help=f"{_HELP[item.name]} (default: {shown})",
+            **_options(hints[item.name]),
+        )
+    return parser
+
+
+def _load_config(args: argparse.Namespace) -> SandboxConfig:
+    names = {item.name for item in fields(SandboxConfig)}
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        loaded = json.loads(args.config.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: expected a JSON object")
+        unknown = sorted(set(loaded) - names)
+        if unknown:
+            raise ValueError(f"{args.config}: unknown settings {', '.join(unknown)}")
+        values.update(loaded)
+    values.update({name: value for name, value in vars(args).items() if name in names})
+    return SandboxConfig(**values)
+
+
+def _write_ready_file(path: Path, base_url: str) -> None:
+    # Written aside and renamed, so a poller never reads half a URL.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(base_url, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = _load_config(args)
+        require_loopback(args.host)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    # Installed before the dataset is generated (seconds, for 200,000 jobs), so that
+    # a SIGTERM at any point still ends the process cleanly, with status 0.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server = SandboxServer(config, host=args.host, port=args.port, verbose=args.verbose)
+    try:
+        server.start()
+    except OSError as exc:
+        message = f"sandbox: cannot listen on {args.host}:{args.port}: {exc}"
+        print(message, file=sys.stderr)
+        return 1
+    try:
+        print(f"sandbox API listening on {server.base_url}", flush=True)
+        if args.ready_file is not None:
+            _write_ready_file(args.ready_file, server.base_url)
+        stop.wait()
+    finally:
+        server.stop()
+    return 0

@@ -1,0 +1,215 @@
+"""HTTP plumbing of the sandbox and the public ``SandboxServer``."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import socketserver
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from .app import Api, Request, RequestRecord, Response
+from .config import SandboxConfig
+from .data import generate
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], api: Api, verbose: bool) -> None:
+        self.api = api
+        self.verbose = verbose
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can stall without DNS.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def close_connections(self) -> None:
+        """End keep-alive connections, whose threads would otherwise keep serving."""
+        with self.connections_lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):  # the client closed it already
+                    connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1 for keep-alive: a client reuses one connection for all its pages.
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        super().finish()
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.send_error(400, "Bad Content-Length")
+            return
+        body = self.rfile.read(length) if length > 0 else b""
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        self._write(
+            self.server.api.handle(Request(self.command, self.path, headers, body))
+        )
+
+    def _write(self, response: Response) -> None:
+        # One write for head and body: two small writes stall on Nagle + delayed ACK.
+        reason = self.responses.get(response.status, ("Error",))[0]
+        lines = [
+            f"{self.protocol_version} {response.status} {reason}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+            f"Date: {self.date_time_string()}",
+            *(f"{name}: {value}" for name, value in response.headers),
+        ]
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head + response.body)
+        if self.server.verbose:
+            self.log_request(response.status, len(response.body))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+
+def require_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the sandbox binds only to loopback addresses, not {host!r}")
+
+
+class SandboxServer:
+    """The sandbox API on a loopback port, served from a daemon thread.
+
+    The constructor generates the dataset, so it can be inspected before ``start``.
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        require_loopback(host)
+        self.config = config if config is not None else SandboxConfig()
+        self._address = (host, port)
+        self._verbose = verbose
+        self._api = Api(self.config, generate(self.config))
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SandboxServer:
+        """Bind and serve; a no-op when already running."""
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer(self._address, self._api, self._verbose)
+        host = httpd.server_name
+        if httpd.address_family == socket.AF_INET6:
+            host = f"[{host}]"
+        self._api.bind(f"http://{host}:{httpd.server_port}")
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            name="sandbox-api",
+            daemon=True,
+        )
+        self._httpd = httpd
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        httpd = self._httpd
+        # serve_forever checks for shutdown only between polls (every 0.5 s); a
+        # connection wakes it at once, which keeps a test suite's teardowns fast.
+        stopper = threading.Thread(target=httpd.shutdown)
+        stopper.start()
+        while stopper.is_alive():
+            with contextlib.suppress(OSError):
+                address = (httpd.server_name, httpd.server_port)
+                socket.create_connection(address, timeout=1).close()
+            stopper.join(0.005)
+        httpd.close_connections()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``, without a trailing slash."""
+        if not self._api.base_url:
+            raise RuntimeError("the sandbox has not been started")
+        return self._api.base_url
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        """Exactly the records the API serves; treat as read-only."""
+        return self._api.dataset.as_dict()
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A snapshot of the request log, in arrival order."""
+        return self._api.request_log()
+
+    def clear_requests(self) -> None:
+        self._api.clear_requests()
+
+    def revoke_tokens(self) -> None:
+        """Invalidate every token issued so far; using one then gets a 401."""
+        self._api.revoke_tokens()
