@@ -20,10 +20,20 @@ lint: install
 	$(BIN)/ruff format --check $(SOURCES)
 
 typecheck: install
-	$(BIN)/mypy tap_analytics
+	$(BIN)/mypy tap_analytics scripts/bench.py
 
+# The end-to-end tests (tests/e2e) install Meltano and its plugins on first use
+# (scripts/meltano-setup.sh) and start PostgreSQL when it is stopped.
 test: lint typecheck
 	$(BIN)/pytest
 
+# Sandbox API -> both families -> DuckDB through Meltano; prints rows per table.
+demo:
+	bash scripts/demo.sh
+
+# Tap vs a plain requests loop against the sandbox; see README "Performance".
+bench: install
+	$(BIN)/python scripts/bench.py --scenario all
+
 clean:
-	rm -rf $(VENV) .meltano output .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-meltano .meltano output .mypy_cache .ruff_cache .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import typing as t
 from functools import cached_property
@@ -10,7 +11,6 @@ from urllib.parse import urlsplit
 
 import requests
 from singer_sdk.exceptions import RetriableAPIError
-from singer_sdk.helpers._util import utc_now
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
@@ -187,7 +187,7 @@ class AnalyticsStream(RESTStream[t.Any]):
                     stream=stream_map.stream_alias,
                     record=mapped,
                     version=self._stream_version,
-                    time_extracted=utc_now(),
+                    time_extracted=datetime.datetime.now(datetime.UTC),
                 )
 
     def generate_child_contexts(

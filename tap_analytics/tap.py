@@ -77,6 +77,8 @@ def setting_problem(error: t.Any) -> str:
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
         return f"setting '{name}' must be of type {expected}"
+    if error.validator == "minimum":
+        return f"setting '{name}' must be at least {error.validator_value}"
     if error.validator == "enum":
         return f"setting '{name}' must be one of {', '.join(error.validator_value)}"
     if error.validator == "required":
@@ -139,25 +141,25 @@ class TapAnalytics(Tap):
         ),
         th.Property(
             "page_size",
-            th.IntegerType,
+            th.IntegerType(minimum=1),
             default=100,
             description="v1: `limit` of each `jobs` page.",
         ),
         th.Property(
             "request_timeout",
-            th.IntegerType,
+            th.IntegerType(minimum=1),
             default=60,
             description="Seconds to wait for a response before retrying.",
         ),
         th.Property(
             "max_concurrent_requests",
-            th.IntegerType,
+            th.IntegerType(minimum=1),
             default=8,
             description="v3: child requests in flight at once; 1 makes them serial.",
         ),
         th.Property(
             "retry_backoff_factor",
-            th.NumberType,
+            th.NumberType(minimum=0),
             default=2,
             description=(
                 "Seconds before the first retry, doubling for each of the 3 "
