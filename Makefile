@@ -20,7 +20,7 @@ lint: install
 	$(BIN)/ruff format --check $(SOURCES)
 
 typecheck: install
-	$(BIN)/mypy tap_analytics scripts/bench.py
+	$(BIN)/mypy tap_analytics scripts tests
 
 # The end-to-end tests (tests/e2e) install Meltano and its plugins on first use
 # (scripts/meltano-setup.sh) and start PostgreSQL when it is stopped.

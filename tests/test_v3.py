@@ -116,3 +116,24 @@ def test_state_stays_small_with_2000_workflows(sandbox):
     assert len(out.records["workflows"]) == 2000
     final = json.dumps(out.final_state)
     assert len(final.encode()) < 10_000, final[:500]
+
+
+def test_concurrent_and_serial_runs_emit_the_same_output(sandbox):
+    server = sandbox(v3_workflows=8, v3_jobs_per_workflow=6, latency_ms=5)
+    serial = sync(v3_config(server, max_concurrent_requests=1))
+    serial_requests = len(server.requests)
+    server.clear_requests()
+    concurrent = sync(v3_config(server, max_concurrent_requests=8))
+
+    def multiset(out):
+        return {
+            stream: sorted(json.dumps(r, sort_keys=True) for r in records)
+            for stream, records in out.records.items()
+        }
+
+    assert multiset(concurrent) == multiset(serial)
+    assert len(server.requests) == serial_requests  # no page fetched twice
+    assert concurrent.final_state == serial.final_state
+    # every RECORD follows its stream's SCHEMA, and SCHEMA is sent once per stream
+    schemas = [m["stream"] for m in concurrent.messages if m["type"] == "SCHEMA"]
+    assert sorted(schemas) == sorted(set(schemas)) == sorted(V3_KEYS)
