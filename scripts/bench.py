@@ -1,0 +1,675 @@
+"""Benchmark tap-analytics against a plain ``requests`` loop, both on the sandbox API.
+
+    python scripts/bench.py [--scenario v1-bulk|v3-latency|all] [--scale 1.0]
+                            [--repeat 1] [--smoke]
+
+For each scenario one sandbox runs as a separate process for the whole scenario, and
+each contender runs as a subprocess with stdout to /dev/null, so interpreter startup
+and peak RSS count the same way for all of them:
+
+- ``tap``: the real ``tap-analytics --config cfg.json`` (v3 also ``tap (serial)``,
+  with ``max_concurrent_requests: 1``);
+- ``plain loop``: ``python scripts/bench.py --plain-loop SCENARIO BASE_URL``, which
+  fetches the same pages one after another and writes one JSON line per record.
+
+An untimed plain-loop run first warms the sandbox up. Wall time, peak RSS and CPU
+time of each contender come from a tiny launcher process (``perf_counter`` around
+the spawn, ``os.wait4`` for that one child's rusage), requests from the sandbox's
+request log and records from the children's own counters on stderr. Two more
+columns (Linux only) say how far to trust a wall time: the sandbox's CPU time during
+the run (is the server the bottleneck?) and the CPU time other processes took (is the
+machine busy with something else?).
+
+``--smoke`` uses tiny datasets, counts the records of each contender once more from
+its real output (untimed), and fails unless every contender emitted the same records
+and made the same requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
+
+import requests
+
+if TYPE_CHECKING:
+    import resource
+    from collections.abc import Callable, Sequence
+
+PAGE_SIZE = 100  # v1: the tap's `page_size`, the loop's `limit`
+CLIENT_ID = "sandbox-client"
+CLIENT_SECRET = "sandbox-secret"
+API_KEY = "sandbox-key"
+TAP = Path(sysconfig.get_path("scripts")) / "tap-analytics"
+# The SDK logs `METRIC: {...}` lines on stderr; the plain loop logs its count the
+# same way, so one parser reads the record counts of every contender.
+_METRIC = re.compile(r"METRIC: (\{.*\})$", re.MULTILINE)
+_STOP_GRACE_SECONDS = 10.0
+_POLL_SECONDS = 0.05
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    family: Literal["v1", "v3"]
+    settings: dict[str, int]  # sandbox settings, named as SandboxConfig fields
+    smoke: dict[str, int]  # the same, tiny enough for --smoke
+    scaled: tuple[str, ...]  # the data sizes that --scale multiplies
+
+    def sandbox_settings(self, *, smoke: bool, scale: float) -> dict[str, int]:
+        base = self.smoke if smoke else self.settings
+        return {
+            name: max(1, round(value * scale)) if name in self.scaled else value
+            for name, value in base.items()
+        }
+
+
+SCENARIOS = {
+    # CPU-bound: no latency, so the time goes to parsing, validating and writing.
+    "v1-bulk": Scenario(
+        name="v1-bulk",
+        family="v1",
+        settings={
+            "v1_jobs": 200_000,
+            "v1_connections": 20_000,
+            "v1_workspaces": 2_000,
+            "cursor_page_size": PAGE_SIZE,
+            "latency_ms": 0,
+        },
+        # 2,050 jobs end on a short page; the full run's 200,000 on `next: null`.
+        smoke={
+            "v1_jobs": 2_050,
+            "v1_connections": 230,
+            "v1_workspaces": 25,
+            "cursor_page_size": PAGE_SIZE,
+            "latency_ms": 0,
+        },
+        scaled=("v1_jobs", "v1_connections", "v1_workspaces"),
+    ),
+    # Latency-bound: many small child requests, where concurrency pays.
+    "v3-latency": Scenario(
+        name="v3-latency",
+        family="v3",
+        settings={
+            "latency_ms": 20,
+            "v3_workflows": 20,
+            "v3_jobs_per_workflow": 20,
+            "v3_results_per_job": 50,
+            "v3_results_page_size": 25,
+        },
+        smoke={
+            "latency_ms": 20,
+            "v3_workflows": 3,
+            "v3_jobs_per_workflow": 5,
+            "v3_results_per_job": 50,
+            "v3_results_page_size": 25,
+        },
+        scaled=("v3_workflows",),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Contender:
+    label: str
+    argv: tuple[str, ...]
+    singer: bool  # stdout is Singer messages (else one record per line)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    wall: float
+    cpu: float
+    peak_rss_mb: float
+    records: int
+    requests: int
+    sandbox_cpu: float | None
+    others_cpu: float | None
+
+
+@dataclass
+class Outcome:
+    contender: Contender
+    runs: list[Measurement] = field(default_factory=list)
+    failure: str | None = None
+
+
+class ChildFailedError(Exception):
+    """A contender exited non-zero; the message ends with its stderr."""
+
+
+# --- the plain loop (runs in its own process) --------------------------------------
+
+
+def plain_loop(scenario: str, base_url: str) -> None:
+    """Fetch the tap's pages serially and write each record as a JSON line."""
+    session = requests.Session()
+    out = sys.stdout
+    count = 0
+
+    def get(url: str, params: dict[str, Any] | None = None) -> Any:
+        response = session.get(url, params=params, timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+    def emit(records: list[dict[str, Any]]) -> None:
+        nonlocal count
+        for record in records:
+            out.write(json.dumps(record) + "\n")
+        count += len(records)
+
+    if SCENARIOS[scenario].family == "v1":
+        token = session.post(
+            f"{base_url}/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+            },
+            timeout=60,
+        )
+        token.raise_for_status()
+        session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        offset = 0
+        while True:
+            body = get(f"{base_url}/v1/jobs", {"limit": PAGE_SIZE, "offset": offset})
+            emit(body["data"])
+            # API.md: a short page or a null `next` ends the list; checking both
+            # saves the empty last request, as the tap does.
+            if len(body["data"]) < PAGE_SIZE or not body.get("next"):
+                break
+            offset += PAGE_SIZE
+        for stream in ("connections", "workspaces"):
+            params: dict[str, Any] = {}
+            while True:
+                body = get(f"{base_url}/v1/{stream}", params)
+                emit(body["data"])
+                if not body.get("next"):
+                    break
+                params = {"next": body["next"]}  # requests URL-encodes the token
+    else:
+        session.headers["x-api-key"] = API_KEY
+        emit([get(f"{base_url}/v3/workspace")["data"]])
+        workflows = get(f"{base_url}/v3/workflows")["data"]
+        emit(workflows)
+        for workflow in workflows:
+            jobs = get(f"{base_url}/v3/workflows/{workflow['uid']}/jobs")["data"]
+            emit(jobs)
+            successful = [
+                job
+                for job in jobs
+                if job["status"] == "finished" and (job["total_row_count"] or 0) > 0
+            ]
+            # Written twice, as the tap writes them in `jobs` and `successful_jobs`.
+            emit(successful)
+            for job in successful:
+                url: str | None = f"{base_url}/v3/jobs/{job['uid']}/results"
+                while url is not None:
+                    body = get(url)
+                    # Child records carry their parent's key, as the tap's do.
+                    emit([{**row, "job_uid": job["uid"]} for row in body["results"]])
+                    paging = body["paging"]
+                    url = paging["next"] if paging["have_next_page"] else None
+    out.flush()
+    point = {"type": "counter", "metric": "record_count", "value": count}
+    print(f"METRIC: {json.dumps(point)}", file=sys.stderr)
+
+
+# --- the sandbox process ------------------------------------------------------------
+
+
+def _wait_rusage(
+    proc: subprocess.Popen[Any], options: int = 0
+) -> resource.struct_rusage | None:
+    """Reap ``proc`` with its own rusage; None while it runs (with os.WNOHANG)."""
+    pid, status, usage = os.wait4(proc.pid, options)
+    if pid == 0:
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen did not reap it
+    return usage
+
+
+def _rss_mb(maxrss: int) -> float:
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    return maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+class Sandbox:
+    """``python -m tap_analytics.sandbox`` in a process of its own, for one scenario."""
+
+    def __init__(self, settings: dict[str, int], workdir: Path) -> None:
+        flags = [
+            part
+            for name, value in settings.items()
+            for part in ("--" + name.replace("_", "-"), str(value))
+        ]
+        ready = workdir / "sandbox.url"
+        self.log_path = workdir / "sandbox.log"
+        started = time.perf_counter()
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tap_analytics.sandbox",
+                    "--port",
+                    "0",
+                    "--ready-file",
+                    str(ready),
+                    *flags,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.peak_rss_mb: float | None = None
+        try:
+            # No deadline: generating 10x v1-bulk takes over a minute. A sandbox
+            # that dies is noticed at once.
+            while not ready.exists():
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"the sandbox exited with {self.proc.returncode}:\n"
+                        + self.log_path.read_text(errors="replace")
+                    )
+                time.sleep(_POLL_SECONDS)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.perf_counter() - started
+        self.base_url = ready.read_text(encoding="utf-8").strip()
+        self._control = requests.Session()
+
+    def stop(self) -> None:
+        """SIGTERM (the sandbox shuts down cleanly), SIGKILL if that hangs."""
+        if self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_GRACE_SECONDS
+        while (usage := _wait_rusage(self.proc, os.WNOHANG)) is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                usage = _wait_rusage(self.proc)
+                break
+            time.sleep(_POLL_SECONDS)
+        if usage is not None:
+            self.peak_rss_mb = _rss_mb(usage.ru_maxrss)
+
+    def clear_requests(self) -> None:
+        self._control.post(
+            f"{self.base_url}/_sandbox/clear-requests", timeout=60
+        ).raise_for_status()
+
+    def request_count(self) -> int:
+        response = self._control.get(f"{self.base_url}/_sandbox/requests", timeout=60)
+        response.raise_for_status()
+        return sum(
+            not entry["path"].startswith("/_sandbox/") for entry in response.json()
+        )
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the sandbox so far (None off Linux)."""
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        # Fields after the parenthesised command name; utime and stime are 14, 15.
+        fields = stat.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU time the whole machine has spent busy (None off Linux).
+
+    Less the contender's and the sandbox's, it is what other processes took during
+    a run: on a shared machine, the sign that a wall time is not to be trusted.
+    """
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # up to steal
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
+# --- running and measuring the contenders -------------------------------------------
+
+
+def _contenders(scenario: Scenario, base_url: str, workdir: Path) -> list[Contender]:
+    def tap(label: str, settings: dict[str, Any]) -> Contender:
+        config = workdir / f"tap-config-{len(taps)}.json"
+        config.write_text(json.dumps({"base_url": base_url, **settings}))
+        return Contender(label, (str(TAP), "--config", str(config)), singer=True)
+
+    taps: list[Contender] = []
+    if scenario.family == "v1":
+        credentials = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+        taps.append(tap("tap", {**credentials, "page_size": PAGE_SIZE}))
+    else:
+        # 8 is the tap's default; the serial run shows what the concurrency buys.
+        taps.append(tap("tap", {"api_key": API_KEY, "max_concurrent_requests": 8}))
+        taps.append(
+            tap("tap (serial)", {"api_key": API_KEY, "max_concurrent_requests": 1})
+        )
+    loop = Contender(
+        "plain loop",
+        (sys.executable, __file__, "--plain-loop", scenario.name, base_url),
+        singer=False,
+    )
+    return [*taps, loop]
+
+
+# Spawns a contender, times it, and writes its exit code and rusage to a file. Spawned
+# from this script, a contender would inherit its peak RSS: on exec, Linux carries the
+# high-water mark of the old address space into ru_maxrss, and subprocess execs from a
+# vfork of this process, which holds request logs of up to tens of MB. This bare
+# interpreter peaks near 10 MB, below any contender.
+_LAUNCHER = """\
+import json, os, sys, time
+report, *argv = sys.argv[1:]
+started = time.perf_counter()
+pid = os.posix_spawn(argv[0], argv, os.environ)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - started
+with open(report, "w") as out:
+    json.dump({
+        "wall": wall,
+        "exit": os.waitstatus_to_exitcode(status),
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "maxrss": usage.ru_maxrss,
+    }, out)
+"""
+
+
+def _stderr_tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def measure(contender: Contender, sandbox: Sandbox, workdir: Path) -> Measurement:
+    """One timed run with stdout to /dev/null, spawned through ``_LAUNCHER``."""
+    stderr_path = workdir / "stderr.log"
+    report_path = workdir / "launch.json"
+    sandbox.clear_requests()
+    sandbox_cpu, busy = sandbox.cpu_seconds(), _busy_cpu_seconds()
+    launch = (sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report_path))
+    with stderr_path.open("wb") as stderr:
+        launcher = subprocess.run(
+            [*launch, *contender.argv],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            check=False,
+        )
+    sandbox_cpu = _delta(sandbox_cpu, sandbox.cpu_seconds())
+    busy = _delta(busy, _busy_cpu_seconds())
+    if launcher.returncode:
+        raise ChildFailedError(f"launcher failed:\n{_stderr_tail(stderr_path)}")
+    report = json.loads(report_path.read_text())
+    if report["exit"]:
+        raise ChildFailedError(f"exit {report['exit']}:\n{_stderr_tail(stderr_path)}")
+    metrics = (json.loads(m) for m in _METRIC.findall(stderr_path.read_text()))
+    cpu = report["cpu"]
+    return Measurement(
+        wall=report["wall"],
+        cpu=cpu,
+        peak_rss_mb=_rss_mb(report["maxrss"]),
+        records=sum(m["value"] for m in metrics if m["metric"] == "record_count"),
+        requests=sandbox.request_count(),
+        sandbox_cpu=sandbox_cpu,
+        others_cpu=(
+            None
+            if busy is None or sandbox_cpu is None
+            # Clock ticks are coarse: do not report a few negative hundredths.
+            else max(0.0, busy - cpu - sandbox_cpu)
+        ),
+    )
+
+
+def count_output(contender: Contender, workdir: Path) -> int:
+    """Records in the contender's real output, from an untimed run."""
+    stderr_path = workdir / "stderr.log"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            contender.argv, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+        assert proc.stdout is not None
+        count = sum(
+            not contender.singer or json.loads(line)["type"] == "RECORD"
+            for line in proc.stdout
+        )
+        proc.wait()
+    if proc.returncode:
+        raise ChildFailedError(f"exit {proc.returncode}:\n{_stderr_tail(stderr_path)}")
+    return count
+
+
+def smoke_problems(outcomes: list[Outcome], counted: dict[str, int]) -> list[str]:
+    """Where the contenders disagree on records or requests, or a counter lies."""
+    problems = []
+    for outcome in outcomes:
+        label = outcome.contender.label
+        for run in outcome.runs:
+            if run.records != counted[label]:
+                problems.append(
+                    f"{label}: reported {run.records} records, wrote {counted[label]}"
+                )
+    baseline = outcomes[-1]  # the plain loop
+    expected = baseline.runs[0]
+    for outcome in outcomes[:-1]:
+        for run in outcome.runs:
+            label = outcome.contender.label
+            if run.records != expected.records:
+                problems.append(
+                    f"{label}: {run.records} records, plain loop {expected.records}"
+                )
+            if run.requests != expected.requests:
+                problems.append(
+                    f"{label}: {run.requests} requests, plain loop {expected.requests}"
+                )
+    return problems
+
+
+# --- reporting ----------------------------------------------------------------------
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
+
+
+def table(outcomes: list[Outcome]) -> str:
+    rows = [
+        "| run | wall s | ratio to plain loop | records/s | peak RSS MB | requests "
+        "| CPU s | sandbox CPU s | others' CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    loop = outcomes[-1]
+    loop_wall = statistics.median(r.wall for r in loop.runs) if loop.runs else None
+    for outcome in outcomes:
+        label = outcome.contender.label
+        if outcome.failure is not None:
+            rows.append(f"| {label} | FAILED | | | | | | | |")
+            continue
+        runs = outcome.runs
+        wall = statistics.median(r.wall for r in runs)
+        records = runs[-1].records
+        cells = [
+            label,
+            _cell(wall, 2),
+            _cell(None if loop_wall is None else wall / loop_wall, 2),
+            _cell(records / wall, 0),
+            _cell(max(r.peak_rss_mb for r in runs), 1),
+            f"{runs[-1].requests:,}",
+            _cell(statistics.median(r.cpu for r in runs), 2),
+            _cell(_median([r.sandbox_cpu for r in runs]), 2),
+            _cell(_median([r.others_cpu for r in runs]), 2),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def machine() -> str:
+    now = datetime.datetime.now().astimezone()
+    return (
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; {now:%Y-%m-%d %H:%M %Z}"
+    )
+
+
+# --- driver -------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _attempt(scenario: Scenario, outcome: Outcome, run: Callable[[], T]) -> T | None:
+    """``run()``, or None with the contender marked failed (it is skipped after)."""
+    if outcome.failure is not None:
+        return None
+    try:
+        return run()
+    except ChildFailedError as exc:
+        outcome.failure = str(exc)
+        log(f"{scenario.name}: {outcome.contender.label} FAILED, {exc}")
+        return None
+
+
+def run_scenario(scenario: Scenario, args: argparse.Namespace, out: IO[str]) -> bool:
+    """Benchmark one scenario and print its table; False when anything failed."""
+    settings = scenario.sandbox_settings(smoke=args.smoke, scale=args.scale)
+    log(f"{scenario.name}: starting the sandbox ({settings})")
+    counted: dict[str, int] = {}  # records in the real output, for --smoke
+    with tempfile.TemporaryDirectory(prefix="tap-analytics-bench-") as tmp:
+        workdir = Path(tmp)
+        sandbox = Sandbox(settings, workdir)
+        try:
+            log(f"{scenario.name}: sandbox ready in {sandbox.startup_seconds:.1f} s")
+            outcomes = [
+                Outcome(c) for c in _contenders(scenario, sandbox.base_url, workdir)
+            ]
+            loop = outcomes[-1]
+            # Untimed warm-up: the sandbox renders cursor pages on first request
+            # and caches them, which must not be charged to the first contender.
+            warm_up = _attempt(
+                scenario, loop, functools.partial(count_output, loop.contender, workdir)
+            )
+            # Repeats interleave the contenders, so drift hits them all alike.
+            for _ in range(args.repeat):
+                for outcome in outcomes:
+                    run = _attempt(
+                        scenario,
+                        outcome,
+                        functools.partial(measure, outcome.contender, sandbox, workdir),
+                    )
+                    if run is not None:
+                        outcome.runs.append(run)
+                        log(
+                            f"{scenario.name}: {outcome.contender.label}: "
+                            f"{run.wall:.2f} s, {run.records:,} records, "
+                            f"{run.requests:,} requests"
+                        )
+            if args.smoke and warm_up is not None:
+                counted[loop.contender.label] = warm_up
+                for outcome in outcomes[:-1]:
+                    count = _attempt(
+                        scenario,
+                        outcome,
+                        functools.partial(count_output, outcome.contender, workdir),
+                    )
+                    if count is not None:
+                        counted[outcome.contender.label] = count
+        finally:
+            sandbox.stop()
+    failed = any(o.failure is not None for o in outcomes)
+    problems = smoke_problems(outcomes, counted) if args.smoke and not failed else []
+    notes = [
+        f"scale {args.scale:g}",
+        *(["smoke"] if args.smoke else []),
+        *([f"median of {args.repeat} runs"] if args.repeat > 1 else []),
+    ]
+    sizes = ", ".join(f"{name}={value:,}" for name, value in settings.items())
+    out.write(
+        f"\n### {scenario.name} ({', '.join(notes)})\n\n"
+        f"Sandbox: {sizes}; ready in {sandbox.startup_seconds:.1f} s, "
+        f"peak RSS {_cell(sandbox.peak_rss_mb, 1)} MB.\n\n{table(outcomes)}\n"
+    )
+    if args.smoke and not failed:
+        verdict = "OK" if not problems else "FAILED\n- " + "\n- ".join(problems)
+        out.write(f"\nsmoke: {verdict}\n")
+    out.flush()
+    return not failed and not problems
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark tap-analytics against a plain requests loop."
+    )
+    parser.add_argument(
+        "--scenario", choices=[*SCENARIOS, "all"], default="all", help="default: all"
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply the data sizes (v1: every stream; v3: workflows)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="timed runs per contender (median)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny datasets; fail unless records and requests agree",
+    )
+    parser.add_argument(
+        "--plain-loop",
+        nargs=2,
+        metavar=("SCENARIO", "BASE_URL"),
+        help="internal: run the plain loop against a sandbox",
+    )
+    args = parser.parse_args(argv)
+    if args.scale <= 0 or args.repeat < 1:
+        parser.error("--scale must be positive and --repeat at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.plain_loop is not None:
+        plain_loop(*args.plain_loop)
+        return 0
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    print(machine(), flush=True)
+    ok = True
+    for name in names:
+        ok = run_scenario(SCENARIOS[name], args, sys.stdout) and ok
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
