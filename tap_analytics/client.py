@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import typing as t
 from functools import cached_property
 from importlib.metadata import version
@@ -59,13 +60,19 @@ class AnalyticsStream(RESTStream[t.Any]):
         super().__init__(*args, **kwargs)
         self._schema_written = False
         session = self.requests_session
-        # requests re-reads proxy settings from the environment on every request
-        # (a tenth of a bulk sync's client time); read them once per run instead.
+        # requests re-reads proxy and CA settings from the environment on every
+        # request (a tenth of a bulk sync's client time); read them once instead,
+        # the way requests would.
         session.proxies.update(requests.utils.get_environ_proxies(self.url_base))
+        session.verify = (
+            os.environ.get("REQUESTS_CA_BUNDLE")
+            or os.environ.get("CURL_CA_BUNDLE")
+            or True
+        )
         session.trust_env = False
         # One pooled connection per concurrent request (tap_analytics.prefetch).
         workers = int(self.analytics_tap.setting("max_concurrent_requests"))
-        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(workers, 1))
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=workers)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
 

@@ -76,13 +76,12 @@ def test_retry_after_is_honoured(sandbox):
             {"path": "/v1/workspaces", "status": 429, "headers": {"Retry-After": "2"}}
         ]
     )
-    out = sync(v1_config(server))
+    # a 10 s factor would wait 10-11 s: only Retry-After explains a ~2 s wait
+    out = sync(v1_config(server, retry_backoff_factor=10))
     assert_exact_v1(out, server)
     hits = [r for r in server.requests if r["path"] == "/v1/workspaces"]
     assert hits[0]["status"] == 429
     waited = hits[1]["time"] - hits[0]["time"]
-    # the computed wait would be ~2 s too, so make sure it is not the source:
-    # with a 10 s factor only Retry-After explains a ~2 s wait
     assert 1.9 <= waited < 3.0, waited
 
 
