@@ -22,7 +22,7 @@ from tap_analytics.errors import (
 )
 from tap_analytics.retry import MAX_ATTEMPTS, backoff_waits
 
-# Ask for a new token this long before the old one expires (or a tenth of its
+# Ask for a new token this long before the old one expires (or a quarter of its
 # lifetime when that is shorter), so a request never leaves with a token that
 # expires in flight.
 REFRESH_MARGIN = datetime.timedelta(seconds=30)
@@ -73,7 +73,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         if not self.expires_in:
             return True
         lifetime = datetime.timedelta(seconds=self.expires_in)
-        margin = min(REFRESH_MARGIN, lifetime / 10)
+        margin = min(REFRESH_MARGIN, lifetime / 4)
         return (
             datetime.datetime.now(datetime.UTC)
             < self.last_refreshed + lifetime - margin

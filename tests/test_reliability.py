@@ -48,7 +48,7 @@ def test_cli_with_faults_exits_0(sandbox, tmp_path):
 
 
 def test_short_lived_tokens_are_refreshed_before_expiry(sandbox):
-    server = sandbox(token_ttl=2, latency_ms=120, v1_jobs=300, cursor_page_size=10)
+    server = sandbox(token_ttl=2, latency_ms=60, v1_jobs=600, cursor_page_size=10)
     started = time.monotonic()
     out = sync(v1_config(server, page_size=10))
     assert time.monotonic() - started > 4  # the run outlives two token lifetimes
