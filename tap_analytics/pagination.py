@@ -25,18 +25,25 @@ _END_OF_LIST = (None, "")
 
 
 class JobsOffsetPaginator(OffsetPaginator):
-    """``offset`` += ``limit`` until a short page or an end-of-list ``next``.
+    """``offset`` += page size until a short page or an end-of-list ``next``.
 
     The SDK's offset paginator only stops on an empty page, which costs one
     request per sync that returns nothing.
+
+    A server may cap ``limit`` below what we asked for. Taking its first, capped
+    page for a short last page would end the stream early, and since the bookmark
+    is the latest ``lastUpdatedAt`` seen, the missed jobs would never come back:
+    a short first page that still has a ``next`` sets the page size instead.
     """
 
     def has_more(self, response: requests.Response) -> bool:
         body = json_body(response)
-        return (
-            len(body.get("data") or ()) >= self.page_size
-            and body.get("next") not in _END_OF_LIST
-        )
+        if body.get("next") in _END_OF_LIST:
+            return False
+        received = len(body.get("data") or ())
+        if self.count == 1 and 0 < received < self._page_size:
+            self._page_size = received  # the server's cap on `limit`
+        return received >= self._page_size
 
 
 class BodyCursorPaginator(BaseAPIPaginator[str | None]):
@@ -51,6 +58,10 @@ class BodyCursorPaginator(BaseAPIPaginator[str | None]):
         super().__init__(None)
         self._stream_name = stream_name
         self._seen: set[str] = set()
+
+    def continue_if_empty(self, response: requests.Response) -> bool:
+        # Only the cursor ends the list; the SDK also stops on an empty page.
+        return self.cursor(json_body(response)) is not None
 
     def cursor(self, body: t.Any) -> str | None:
         """The next-page cursor in ``body`` (v1 shape: ``next``)."""

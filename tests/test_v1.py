@@ -155,3 +155,14 @@ def test_start_date_yields_exactly_the_jobs_updated_since(sandbox, start_date):
     )
     assert 0 < len(expected) < 250
     assert sorted(out.keys("jobs", "jobId")) == expected
+
+
+def test_a_server_cap_on_limit_does_not_end_the_stream_early(sandbox):
+    server = sandbox(v1_jobs=250, max_limit=60)
+    out = sync(v1_config(server, page_size=100))
+    expected = sorted(j["jobId"] for j in server.dataset["v1"]["jobs"])
+    assert sorted(out.keys("jobs", "jobId")) == expected
+    offsets = [
+        int(r["query"]["offset"][0]) for r in server.requests if r["path"] == "/v1/jobs"
+    ]
+    assert offsets == [0, 60, 120, 180, 240]  # pages of the server's size, none lost
