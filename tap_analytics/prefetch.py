@@ -16,6 +16,7 @@ reader has taken them.
 from __future__ import annotations
 
 import collections
+import copy
 import threading
 import typing as t
 import weakref
@@ -50,6 +51,7 @@ class Prefetcher:
         # worker busy, few enough that memory does not grow with the data.
         self._lookahead = max_workers
         self._fetches: dict[str, _Fetch] = {}
+        self._accepting = True
         self._lock = threading.Lock()
         self._live.add(self)
 
@@ -65,9 +67,13 @@ class Prefetcher:
             if fetch is None:
                 return None
             fetch.readers_left -= 1
-            if not fetch.readers_left:
+            shared = fetch.readers_left > 0
+            if not shared:
                 del self._fetches[url]
-        return fetch.records.result()
+        records = fetch.records.result()
+        # The SDK edits records in place (deselected properties, stream maps), so
+        # a reader that is not the last gets its own copy.
+        return copy.deepcopy(records) if shared else records
 
     def read_ahead(
         self,
@@ -79,13 +85,22 @@ class Prefetcher:
         if not parent.child_streams:
             yield from records
             return
+        top_level = context is None
+        if top_level:
+            self._accepting = True
         window: collections.deque[Record] = collections.deque()
-        for record in records:
-            self._submit_children(parent, record, context)
-            window.append(record)
-            if len(window) > self._lookahead:
-                yield window.popleft()
-        yield from window
+        try:
+            for record in records:
+                self._submit_children(parent, record, context)
+                window.append(record)
+                if len(window) > self._lookahead:
+                    yield window.popleft()
+            yield from window
+        finally:
+            if top_level:
+                # Every descendant has been synced (or the sync was abandoned, as
+                # --test does after a few records): drop what nobody will take.
+                self._discard()
 
     @classmethod
     def cancel_all(cls) -> None:
@@ -96,13 +111,21 @@ class Prefetcher:
         for prefetcher in list(cls._live):
             prefetcher._pool.shutdown(wait=True, cancel_futures=True)
 
+    def _discard(self) -> None:
+        with self._lock:
+            self._accepting = False
+            for fetch in self._fetches.values():
+                fetch.records.cancel()
+            self._fetches.clear()
+
     def _submit_children(
         self, parent: Stream, record: Record, context: Context | None
     ) -> None:
         # Same decisions the SDK makes before syncing children: the parent's
-        # filter (post_process, on a copy) and its child context.
+        # filter (post_process, on a copy), its stream map's filter and its
+        # child context.
         kept = parent.post_process(dict(record), context)
-        if kept is None:
+        if kept is None or not parent.stream_maps[0].get_filter_result(kept):
             return
         child_context = parent.get_child_context(kept, context)
         if child_context is None:
@@ -113,6 +136,8 @@ class Prefetcher:
                 child = t.cast("AnalyticsStream", child)
                 readers[child.get_url(child_context)].append(child)
         with self._lock:
+            if not self._accepting:
+                return
             for url, streams in readers.items():
                 if url not in self._fetches:
                     future = self._pool.submit(self._fetch, streams, child_context)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tap_analytics.tap import TapAnalytics
 from tests.tap_runner import run_cli, sync, v3_config
 
 V3_KEYS = {
@@ -137,3 +138,44 @@ def test_concurrent_and_serial_runs_emit_the_same_output(sandbox):
     # every RECORD follows its stream's SCHEMA, and SCHEMA is sent once per stream
     schemas = [m["stream"] for m in concurrent.messages if m["type"] == "SCHEMA"]
     assert sorted(schemas) == sorted(set(schemas)) == sorted(V3_KEYS)
+
+
+def test_deselecting_a_jobs_property_leaves_successful_jobs_whole(sandbox):
+    server = sandbox()
+    config = v3_config(server)
+    catalog = TapAnalytics(config=config).catalog_dict
+    for stream in catalog["streams"]:
+        if stream["tap_stream_id"] == "jobs":
+            for entry in stream["metadata"]:
+                if entry["breadcrumb"] == ["properties", "status"]:
+                    entry["metadata"]["selected"] = False
+    out = sync(config, catalog=catalog)
+    data = server.dataset["v3"]
+    assert all("status" not in job for job in out.records["jobs"])
+    expected = sorted(j["uid"] for j in data["jobs"] if successful(j))
+    assert sorted(out.keys("successful_jobs", "uid")) == expected
+    assert all(job["status"] == "finished" for job in out.records["successful_jobs"])
+    expected_results = sum(len(data["job_results"][uid]) for uid in expected)
+    assert len(out.records["job_results"]) == expected_results
+
+
+def test_children_of_parents_filtered_by_a_stream_map_are_not_requested(sandbox):
+    server = sandbox(v3_workflows=10)
+    kept = server.dataset["v3"]["workflows"][3]["uid"]
+    config = v3_config(
+        server, stream_maps={"workflows": {"__filter__": f"uid == '{kept}'"}}
+    )
+    out = sync(config)
+    assert out.keys("workflows", "uid") == [kept]
+    assert {j["workflow_uid"] for j in out.records["jobs"]} == {kept}
+    job_lists = [r["path"] for r in server.requests if r["path"].endswith("/jobs")]
+    assert job_lists == [f"/v3/workflows/{kept}/jobs"]
+    kept_jobs = {
+        j["uid"] for j in server.dataset["v3"]["jobs"] if j["workflow_uid"] == kept
+    }
+    result_jobs = {
+        r["path"].split("/")[3]
+        for r in server.requests
+        if r["path"].endswith("/results")
+    }
+    assert result_jobs <= kept_jobs
