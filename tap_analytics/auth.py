@@ -13,14 +13,15 @@ import typing as t
 import backoff
 import requests
 from singer_sdk.authenticators import OAuthAuthenticator
+from singer_sdk.exceptions import RetriableAPIError
 
 from tap_analytics.errors import (
     TapAnalyticsError,
     connection_problem,
-    one_line,
+    describe_failure,
     safe_url,
 )
-from tap_analytics.retry import MAX_ATTEMPTS, backoff_waits
+from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
 
 # Ask for a new token this long before the old one expires (or a quarter of its
 # lifetime when that is shorter), so a request never leaves with a token that
@@ -102,37 +103,49 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             token = response.json()
             self.access_token = str(token["access_token"])
         except (ValueError, KeyError, TypeError) as exc:
+            # Name the shape, never the body: it may hold a token under another name.
+            shape = (
+                f"JSON keys {sorted(token)}"
+                if isinstance(exc, KeyError) and isinstance(token, dict)
+                else response.headers.get("Content-Type") or "no Content-Type"
+            )
             msg = (
-                f"token_url {self._token_url} answered without an access_token: "
-                f"{one_line(response.text, 80)!r}"
+                f"token_url {self._token_url} answered without an access_token "
+                f"({shape})"
             )
             raise TokenRequestError(msg) from exc
         expires_in = token.get("expires_in", self._default_expiration)
         self.expires_in = int(expires_in) if expires_in else None
         self.last_refreshed = requested_at
 
+    def _post_once(self, *, json_body: bool) -> requests.Response:
+        payload = self.oauth_request_payload
+        response = self._session.post(
+            self.auth_endpoint,
+            headers=self._oauth_headers,
+            timeout=self._timeout,
+            json=payload if json_body else None,
+            data=None if json_body else payload,
+        )
+        if response.status_code in RETRY_STATUSES:
+            raise RetriableAPIError(describe_failure(response), response)
+        return response
+
     @property
     def _token_url(self) -> str:
         return safe_url(self.auth_endpoint)
 
     def _post(self, *, json_body: bool) -> requests.Response:
-        # Connection errors and timeouts get the same retries as data requests.
+        # The token request gets the same retry policy as data requests.
         post = backoff.on_exception(
             functools.partial(backoff_waits, self._backoff_factor),
-            (requests.ConnectionError, requests.Timeout),
+            (requests.ConnectionError, requests.Timeout, RetriableAPIError),
             max_tries=MAX_ATTEMPTS,
             jitter=None,
             logger=self.logger,
-        )(self._session.post)
-        payload = self.oauth_request_payload
+        )(self._post_once)
         try:
-            return post(
-                self.auth_endpoint,
-                headers=self._oauth_headers,
-                timeout=self._timeout,
-                json=payload if json_body else None,
-                data=None if json_body else payload,
-            )
+            return post(json_body=json_body)
         except requests.RequestException as exc:
             msg = (
                 f"cannot reach token_url {self._token_url}: "

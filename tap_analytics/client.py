@@ -17,7 +17,7 @@ from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
-from tap_analytics.errors import APIResponseError, one_line, safe_url
+from tap_analytics.errors import APIResponseError, describe_failure, safe_url
 from tap_analytics.responses import json_body, records_in
 from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
 
@@ -35,14 +35,10 @@ class TokenRejectedError(APIResponseError):
     """A data request got 401 although a token was sent."""
 
 
-def describe_failure(response: requests.Response) -> str:
-    """``GET <url> answered 503 Service Unavailable: <start of the body>``."""
-    request = response.request
-    text = f"{request.method} {safe_url(response.url)} answered "
-    text += f"{response.status_code} {response.reason}"
-    if response.content:
-        text += f": {one_line(response.text)}"
-    return text
+def is_absolute_url(cursor: str) -> bool:
+    """An http(s) link, as opposed to an opaque token (which may contain ``:``)."""
+    parts = urlsplit(cursor)
+    return parts.scheme in {"http", "https"} and bool(parts.netloc)
 
 
 class AnalyticsStream(RESTStream[t.Any]):
@@ -110,7 +106,7 @@ class AnalyticsStream(RESTStream[t.Any]):
         request = super().get_http_request(page=page)
         cursor = page.next_page_token
         if isinstance(cursor, str):
-            if urlsplit(cursor).scheme:
+            if is_absolute_url(cursor):
                 request.url = self._same_origin(cursor)
                 request.params = {}
             else:

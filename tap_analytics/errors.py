@@ -45,6 +45,15 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
+def describe_failure(response: requests.Response) -> str:
+    """``GET <url> answered 503 Service Unavailable: <start of the body>``."""
+    text = f"{response.request.method} {safe_url(response.url)} answered "
+    text += f"{response.status_code} {response.reason}"
+    if response.content:
+        text += f": {one_line(response.text)}"
+    return text
+
+
 def connection_problem(exc: BaseException) -> str:
     """``timed out`` or ``connection failed``: what a user can act on."""
     if isinstance(exc, requests.Timeout):

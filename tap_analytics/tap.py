@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import enum
+import json
 import sys
 import typing as t
 from functools import cached_property
 
 import requests
+import simplejson  # the SDK reads --config, --state and --catalog with it
 from jsonschema import Draft202012Validator
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.authenticators import APIKeyAuthenticator
-from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
+from singer_sdk.exceptions import FatalAPIError, MappingError, RetriableAPIError
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
+from tap_analytics.client import is_absolute_url
 from tap_analytics.errors import (
     ConfigError,
     TapAnalyticsError,
@@ -183,6 +186,10 @@ class TapAnalytics(Tap):
         if not problems:
             try:
                 resolve_family(config)
+                for name in ("base_url", "token_url"):
+                    if (url := config.get(name)) and not is_absolute_url(url):
+                        msg = f"setting '{name}' must be an http(s) URL"
+                        raise ConfigError(msg)
                 if start_date := config.get("start_date"):
                     parse_timestamp(start_date)
             except ConfigError as exc:
@@ -232,6 +239,13 @@ class TapAnalytics(Tap):
 
 def failure_message(exc: BaseException) -> str | None:
     """One line for an expected failure; ``None`` for a bug (keep the traceback)."""
+    if isinstance(exc, (json.JSONDecodeError, simplejson.JSONDecodeError)):
+        # The message is a position, never the file's content.
+        return f"a --config, --state or --catalog file is not valid JSON: {exc}"
+    if isinstance(exc, FileNotFoundError):
+        return str(exc)
+    if isinstance(exc, MappingError):
+        return f"stream_maps: {exc}"
     if isinstance(exc, RetriableAPIError):
         return f"{exc} (gave up after {MAX_ATTEMPTS} attempts)"
     if isinstance(exc, (TapAnalyticsError, FatalAPIError)):

@@ -145,6 +145,11 @@ def failure_cases(server):
         ),
         "both families": (dict(good, api_key=SECRET), ["api_key", "client_id"]),
         "bad start_date": (dict(good, start_date="last tuesday"), ["start_date"]),
+        "base_url not a URL": (dict(good, base_url="api.example.com"), ["base_url"]),
+        "bad stream map": (
+            dict(good, stream_maps={"jobs": {"x": "md5(("}}),
+            ["stream_maps", "md5(("],
+        ),
     }
 
 
@@ -159,6 +164,8 @@ def failure_cases(server):
         "unreachable server",
         "both families",
         "bad start_date",
+        "base_url not a URL",
+        "bad stream map",
     ],
 )
 def test_failures_end_with_one_clear_line(sandbox, tmp_path, case):
@@ -209,3 +216,29 @@ def test_debug_log_level_keeps_the_traceback_and_the_secrets(sandbox, tmp_path):
     assert "Traceback" in run.stderr
     assert run.last_stderr_line.startswith("tap-analytics: error: expected JSON")
     assert server.config.client_secret not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"client_id": "x", ', "not valid JSON"),
+        (None, "was not found"),
+    ],
+)
+def test_an_unreadable_config_file_is_one_line(tmp_path, content, expected):
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    run = run_cli("--config", str(path))
+    assert run.returncode != 0
+    assert run.last_stderr_line.startswith("tap-analytics: error: ")
+    assert expected in run.last_stderr_line
+    assert "Traceback" not in run.stderr
+
+
+def test_token_endpoint_faults_are_retried(sandbox):
+    server = sandbox(scripted_faults=[{"path": "/token", "status": 503, "times": 2}])
+    out = sync(v1_config(server, **FAST_RETRIES))
+    assert_exact_v1(out, server)
+    tokens = [r["status"] for r in server.requests if r["path"] == "/token"]
+    assert tokens == [503, 503, 200]
