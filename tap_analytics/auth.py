@@ -58,7 +58,14 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             client_secret=client_secret,
         )
         self._timeout = timeout
-        self._backoff_factor = backoff_factor
+        # The token request gets the same retry policy as data requests.
+        self._post_with_retries = backoff.on_exception(
+            functools.partial(backoff_waits, backoff_factor),
+            (requests.ConnectionError, requests.Timeout, RetriableAPIError),
+            max_tries=MAX_ATTEMPTS,
+            jitter=None,
+            logger=self.logger,
+        )(self._post_once)
 
     @property
     def oauth_request_body(self) -> dict[str, t.Any]:
@@ -136,16 +143,8 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         return safe_url(self.auth_endpoint)
 
     def _post(self, *, json_body: bool) -> requests.Response:
-        # The token request gets the same retry policy as data requests.
-        post = backoff.on_exception(
-            functools.partial(backoff_waits, self._backoff_factor),
-            (requests.ConnectionError, requests.Timeout, RetriableAPIError),
-            max_tries=MAX_ATTEMPTS,
-            jitter=None,
-            logger=self.logger,
-        )(self._post_once)
         try:
-            return post(json_body=json_body)
+            return self._post_with_retries(json_body=json_body)
         except requests.RequestException as exc:
             msg = (
                 f"cannot reach token_url {self._token_url}: "

@@ -92,7 +92,7 @@ class AnalyticsStream(RESTStream[t.Any]):
     @cached_property
     def user_agent(self) -> str:
         default = f"tap-analytics/{version('tap-analytics')}"
-        return str(self.config.get("user_agent") or default)
+        return str(self.analytics_tap.setting("user_agent") or default)
 
     # --- requests ------------------------------------------------------------
 
@@ -161,6 +161,12 @@ class AnalyticsStream(RESTStream[t.Any]):
         prefetched = prefetcher.take(self, context)
         records = self.request_records(context) if prefetched is None else prefetched
         return prefetcher.read_ahead(self, context, records)
+
+    def get_child_context(
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> Context:
+        # API.md's child paths take {parent_id}: the parent record's key.
+        return {"parent_id": record[self.primary_keys[0]]}
 
     # --- Singer output --------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
+from singer_sdk.exceptions import FatalAPIError
 
 
 class TapAnalyticsError(Exception):
@@ -26,10 +26,6 @@ class APIResponseError(FatalAPIError):
 
     Subclasses the SDK's fatal error so the SDK's retry decorator does not retry it.
     """
-
-
-class RetriesExhaustedError(RetriableAPIError):
-    """A retriable status that kept coming back after the last retry."""
 
 
 class CursorLoopError(APIResponseError):

@@ -144,9 +144,6 @@ class V3WorkflowsStream(V3Stream):
     primary_keys = ("uid",)
     schema = schemas.V3_WORKFLOWS
 
-    def get_child_context(self, record: Record, context: Context | None) -> Context:
-        return {"parent_id": record["uid"]}
-
 
 class V3JobsStream(V3Stream, ChildStream):
     name = "jobs"
@@ -168,9 +165,6 @@ class V3SuccessfulJobsStream(V3JobsStream):
         if row.get("status") != "finished" or not (row.get("total_row_count") or 0) > 0:
             return None
         return super().post_process(row, context)
-
-    def get_child_context(self, record: Record, context: Context | None) -> Context:
-        return {"parent_id": record["uid"]}
 
 
 class V3JobResultsStream(V3Stream, ChildStream):
