@@ -17,9 +17,10 @@ from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
-from tap_analytics.errors import APIResponseError, describe_failure, safe_url
+from tap_analytics.errors import APIResponseError, describe_failure
 from tap_analytics.responses import json_body, records_in
 from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
+from tap_analytics.urls import is_absolute_url, safe_url
 
 if t.TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator
@@ -33,12 +34,6 @@ if t.TYPE_CHECKING:
 
 class TokenRejectedError(APIResponseError):
     """A data request got 401 although a token was sent."""
-
-
-def is_absolute_url(cursor: str) -> bool:
-    """An http(s) link, as opposed to an opaque token (which may contain ``:``)."""
-    parts = urlsplit(cursor)
-    return parts.scheme in {"http", "https"} and bool(parts.netloc)
 
 
 class AnalyticsStream(RESTStream[t.Any]):

@@ -7,10 +7,10 @@ and the exit code must be non-zero. Tracebacks are kept for ``--log-level debug`
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 import requests
 from singer_sdk.exceptions import FatalAPIError
+
+from tap_analytics.urls import safe_url
 
 
 class TapAnalyticsError(Exception):
@@ -30,15 +30,6 @@ class APIResponseError(FatalAPIError):
 
 class CursorLoopError(APIResponseError):
     """The API handed out a pagination cursor it had already handed out."""
-
-
-def safe_url(url: str) -> str:
-    """Return ``url`` without user info, so no credential reaches a message."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
 def describe_failure(response: requests.Response) -> str:

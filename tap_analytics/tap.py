@@ -17,7 +17,6 @@ from singer_sdk.authenticators import APIKeyAuthenticator
 from singer_sdk.exceptions import FatalAPIError, MappingError, RetriableAPIError
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
-from tap_analytics.client import is_absolute_url
 from tap_analytics.errors import (
     ConfigError,
     TapAnalyticsError,
@@ -27,7 +26,10 @@ from tap_analytics.errors import (
 from tap_analytics.output import BufferedMsgSpecWriter
 from tap_analytics.prefetch import Prefetcher
 from tap_analytics.retry import MAX_ATTEMPTS
-from tap_analytics.streams import V1_STREAMS, V3_STREAMS, parse_timestamp
+from tap_analytics.run_stats import RunStats
+from tap_analytics.streams import V1_STREAMS, V3_STREAMS
+from tap_analytics.timestamps import parse_timestamp
+from tap_analytics.urls import is_absolute_url
 
 if t.TYPE_CHECKING:
     from singer_sdk.helpers.types import Auth
@@ -227,6 +229,11 @@ class TapAnalytics(Tap):
             timeout=float(self.setting("request_timeout")),
             backoff_factor=float(self.setting("retry_backoff_factor")),
         )
+
+    @cached_property
+    def run_stats(self) -> RunStats:
+        """Counters of this run (requests, retries, skipped parents)."""
+        return RunStats()
 
     @cached_property
     def prefetcher(self) -> Prefetcher:
