@@ -1,6 +1,6 @@
-"""Paginators: the SDK's classes, taught the two shapes this API uses.
+"""Paginators: the SDK's base class, taught the shapes this API pages by.
 
-- ``jobs`` (v1): offset/limit, via the SDK's :class:`OffsetPaginator`.
+- ``jobs`` (v1): keyset pages in ``lastUpdatedAt`` order (API.md "A live API").
 - ``connections``, ``workspaces`` (v1) and ``job_results`` (v3): a cursor in the
   body that is either an opaque token (sent back as ``?next=``) or an absolute URL
   (followed as is); see :meth:`AnalyticsStream.get_http_request`.
@@ -12,38 +12,122 @@ which caches it on the response, so a page is decoded once, not once per reader.
 from __future__ import annotations
 
 import typing as t
+from dataclasses import dataclass
 
-from singer_sdk.pagination import BaseAPIPaginator, OffsetPaginator
+from singer_sdk.pagination import BaseAPIPaginator
 
-from tap_analytics.errors import CursorLoopError, safe_url
-from tap_analytics.responses import json_body
+from tap_analytics.errors import APIResponseError, CursorLoopError, safe_url
+from tap_analytics.responses import json_body, records_in
+from tap_analytics.timestamps import parse_timestamp
 
 if t.TYPE_CHECKING:
+    import datetime
+
     import requests
 
 _END_OF_LIST = (None, "")
 
 
-class JobsOffsetPaginator(OffsetPaginator):
-    """``offset`` += page size until a short page or an end-of-list ``next``.
+@dataclass(frozen=True)
+class Keyset:
+    """Where a ``jobs`` page starts: at ``since`` or later, past ``offset`` of them.
 
-    The SDK's offset paginator only stops on an empty page, which costs one
-    request per sync that returns nothing.
-
-    A server may cap ``limit`` below what we asked for. Taking its first, capped
-    page for a short last page would end the stream early, and since the bookmark
-    is the latest ``lastUpdatedAt`` seen, the missed jobs would never come back:
-    a short first page that still has a ``next`` sets the page size instead.
+    ``offset`` counts only the jobs already received at exactly ``since`` (ties):
+    a job that changes moves to the end of the order, which shifts no job we
+    still have to read, as it would with ``offset`` paging through the whole list.
     """
+
+    since: datetime.datetime | None
+    offset: int = 0
+
+    def describe(self) -> str:
+        since = "the start" if self.since is None else self.since.isoformat()
+        return f"{since} (+{self.offset} tied jobs)"
+
+    def precedes(self, other: Keyset) -> bool:
+        if self.since is None or other.since is None:
+            return self.since is None and other.since is not None
+        return (self.since, self.offset) < (other.since, other.offset)
+
+
+class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
+    """``jobs`` in ``lastUpdatedAt`` order, each page continuing after the last job.
+
+    Stops on a short page or an end-of-list ``next`` (the SDK's paginators stop
+    only on an empty page, one request more per sync). A server may cap ``limit``
+    below what we asked for: a short first page that still has a ``next`` sets
+    the page size instead of ending the stream early.
+
+    The stream emits a page's jobs before the SDK calls :meth:`advance`, and the
+    bookmark follows the jobs emitted, so the order is checked earlier, in
+    :meth:`checked_jobs`: a job out of order would put the bookmark past jobs not
+    read yet, and no later run would read them.
+
+    An upper bound (reading one time window) would end the list in ``has_more``
+    at the first job past it; the keyset itself does not change.
+    """
+
+    def __init__(
+        self, stream_name: str, since: datetime.datetime | None, page_size: int
+    ) -> None:
+        super().__init__(Keyset(since))
+        self._stream_name = stream_name
+        self._page_size = page_size
+        self._page_end: Keyset | None = None
+
+    def checked_jobs(self, response: requests.Response) -> list[dict[str, t.Any]]:
+        """The page's jobs, once they are known to continue the order."""
+        jobs = records_in(json_body(response), "data")
+        # The first page may start below `since`: the stream filters those jobs.
+        last = self.current_value.since if self.count else None
+        for job in jobs:
+            instant = parse_timestamp(job["lastUpdatedAt"])
+            if last is not None and instant < last:
+                msg = (
+                    f"stream '{self._stream_name}': the API did not return jobs in "
+                    "lastUpdatedAt order (orderBy or updatedAtStart ignored?): "
+                    f"jobId {job.get('jobId')} at {job['lastUpdatedAt']} came after "
+                    f"{last.isoformat()} (GET {safe_url(response.url)}); stopped "
+                    "before emitting that page, the bookmark is the last job in order"
+                )
+                raise APIResponseError(msg)
+            last = instant
+        self._page_end = self._keyset_after(jobs, last)
+        return jobs
+
+    def _keyset_after(
+        self, jobs: list[dict[str, t.Any]], last: datetime.datetime | None
+    ) -> Keyset:
+        if last is None:  # an empty page
+            return self.current_value
+        ties = 0
+        for job in reversed(jobs):
+            if parse_timestamp(job["lastUpdatedAt"]) != last:
+                break
+            ties += 1
+        if ties == len(jobs) and last == self.current_value.since:
+            ties += self.current_value.offset  # one group of ties across pages
+        return Keyset(last, ties)
 
     def has_more(self, response: requests.Response) -> bool:
         body = json_body(response)
         if body.get("next") in _END_OF_LIST:
             return False
-        received = len(body.get("data") or ())
+        received = len(records_in(body, "data"))
         if self.count == 1 and 0 < received < self._page_size:
             self._page_size = received  # the server's cap on `limit`
         return received >= self._page_size
+
+    def get_next(self, response: requests.Response) -> Keyset:
+        page_end = self._page_end
+        if page_end is None or not self.current_value.precedes(page_end):
+            msg = (
+                f"stream '{self._stream_name}': page {self.count} of GET "
+                f"{safe_url(response.url)} made no progress past "
+                f"{self.current_value.describe()}; stopping instead of looping"
+            )
+            raise CursorLoopError(msg)
+        return page_end
 
 
 class BodyCursorPaginator(BaseAPIPaginator[str | None]):

@@ -26,6 +26,36 @@ def instant(value: str) -> datetime.datetime:
     raise AssertionError(f"unexpected sandbox timestamp {value!r}")
 
 
+def keysets(queries: list[dict[str, list[str]]]) -> list[tuple[str | None, int]]:
+    """(updatedAtStart as an instant, offset) of each jobs request."""
+    return [
+        (
+            datetime.datetime.fromisoformat(q["updatedAtStart"][0]).isoformat()
+            if "updatedAtStart" in q
+            else None,
+            int(q["offset"][0]),
+        )
+        for q in queries
+    ]
+
+
+def expected_keysets(
+    emitted: list[dict[str, str]], page_size: int, first: str | None = None
+) -> list[tuple[str | None, int]]:
+    """Keyset paging as issue 10 states it, from the jobs in the order emitted:
+    page n+1 starts at the lastUpdatedAt of page n's last job, skipping the jobs
+    already received at exactly that instant."""
+    expected: list[tuple[str | None, int]] = [(first, 0)]
+    for end in range(page_size, len(emitted), page_size):
+        last = datetime.datetime.fromisoformat(emitted[end - 1]["lastUpdatedAt"])
+        ties = sum(
+            datetime.datetime.fromisoformat(job["lastUpdatedAt"]) == last
+            for job in emitted[:end]
+        )
+        expected.append((last.isoformat(), ties))
+    return expected
+
+
 def test_discover_lists_exactly_the_v1_streams(sandbox, tmp_path):
     server = sandbox()
     run = run_cli("--discover", config=v1_config(server), tmp_path=tmp_path)
@@ -99,13 +129,14 @@ def test_full_sync_emits_exactly_the_dataset(
         assert all(r["undocumentedField"] for r in out.records.get(stream, [])), stream
         assert "undocumentedField" not in out.schemas[stream]["schema"]["properties"]
 
-    job_pages = [r for r in server.requests if r["path"] == "/v1/jobs"]
+    job_pages = [r["query"] for r in server.requests if r["path"] == "/v1/jobs"]
     # a page shorter than `limit`, or the end marker, ends the stream: no empty page
     assert len(job_pages) == max(1, math.ceil(jobs / page_size))
-    assert [int(r["query"]["offset"][0]) for r in job_pages] == [
-        i * page_size for i in range(len(job_pages))
-    ]
-    assert {r["query"]["limit"][0] for r in job_pages} == {str(page_size)}
+    assert keysets(job_pages) == expected_keysets(
+        out.records.get("jobs", []), page_size
+    )
+    assert {q["limit"][0] for q in job_pages} == {str(page_size)}
+    assert {q["orderBy"][0] for q in job_pages} == {"updatedAt|ASC"}
     # one token for the whole run, not one per stream or request
     assert len([r for r in server.requests if r["path"] == "/token"]) == 1
 
@@ -162,7 +193,6 @@ def test_a_server_cap_on_limit_does_not_end_the_stream_early(sandbox):
     out = sync(v1_config(server, page_size=100))
     expected = sorted(j["jobId"] for j in server.dataset["v1"]["jobs"])
     assert sorted(out.keys("jobs", "jobId")) == expected
-    offsets = [
-        int(r["query"]["offset"][0]) for r in server.requests if r["path"] == "/v1/jobs"
-    ]
-    assert offsets == [0, 60, 120, 180, 240]  # pages of the server's size, none lost
+    queries = [r["query"] for r in server.requests if r["path"] == "/v1/jobs"]
+    # pages of the server's size, none lost
+    assert keysets(queries) == expected_keysets(out.records["jobs"], 60)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
 from .cursor import CursorCodec
+from .data import changed_v1_job, new_v1_job
 
 if TYPE_CHECKING:
     from .config import SandboxConfig
@@ -114,7 +115,7 @@ class Api:
         ]
         self._cursors = CursorCodec(config.seed)
         self._end_marker = _END_MARKERS[config.end_marker]
-        self._jobs = _JobIndex(dataset)
+        self._jobs = _JobIndex(config, dataset)
         self._lists = {
             "connections": _serialize(dataset.connections),
             "workspaces": _serialize(dataset.workspaces),
@@ -133,7 +134,7 @@ class Api:
             uid: _serialize(items) for uid, items in dataset.job_results.items()
         }
         self._pages: dict[tuple[str, int], bytes] = {}
-        self._dataset_body: bytes | None = None
+        self._dataset_body: tuple[int, bytes] | None = None  # (jobs version, body)
 
     def bind(self, base_url: str) -> None:
         """Point absolute URLs at the server, dropping pages rendered for another."""
@@ -144,7 +145,8 @@ class Api:
         arrival = time.monotonic()
         url = urlsplit(request.target)
         if url.path.startswith("/_sandbox/"):
-            return self._control(request.method, url.path)
+            params = dict(parse_qsl(url.query))
+            return self._control(request.method, url.path, params)
         with self._lock:
             self._seq += 1
             seq = self._seq
@@ -318,8 +320,9 @@ class Api:
         order_by = params.get("orderBy")
         if order_by not in (None, _ORDER_BY):
             return _error(400, f"orderBy must be {_ORDER_BY!r}")
-        items, first = self._jobs.view(start, ordered=order_by is not None)
-        total = len(items) - first
+        page, total = self._jobs.page(
+            start, offset, limit, ordered=order_by is not None
+        )
         echoed: Params = {
             name: params[name]
             for name in ("updatedAtStart", "orderBy")
@@ -331,7 +334,6 @@ class Api:
                 "/v1/jobs", {"limit": str(limit), "offset": str(at), **echoed}
             )
 
-        page = items[first + offset : first + min(offset + limit, total)]
         next_link = link(offset + limit) if offset + limit < total else None
         previous = link(max(0, offset - limit)) if offset else None
         return Response(200, self._v1_body(page, next_link, previous))
@@ -441,7 +443,7 @@ class Api:
     def _url(self, path: str, params: Params) -> str:
         return f"{self.base_url}{path}?{urlencode(params, quote_via=quote)}"
 
-    def _control(self, method: str, path: str) -> Response:
+    def _control(self, method: str, path: str, params: Params) -> Response:
         actions: dict[str, tuple[str, Callable[[], bytes]]] = {
             "/_sandbox/revoke": (
                 "POST",
@@ -453,18 +455,49 @@ class Api:
             ),
             "/_sandbox/requests": ("GET", lambda: _dumps(self.request_log())),
             "/_sandbox/dataset": ("GET", self.dataset_body),
+            "/_sandbox/move-jobs": (
+                "POST",
+                lambda: _dumps(
+                    {"moved": self.move_jobs(_int_param(params, "count", 1))}
+                ),
+            ),
+            "/_sandbox/freeze": ("POST", lambda: _dumps({"frozen": self.freeze()})),
         }
         if path not in actions:
             return _error(404, "not found")
         expected, action = actions[path]
         if method != expected:
             return _error(405, "method not allowed")
-        return Response(200, action())
+        try:
+            return Response(200, action())
+        except ValueError as exc:
+            return _error(400, str(exc))
+
+    def dataset_dict(self) -> dict[str, Any]:
+        """The records served now: the current version of every v1 job."""
+        return self._dataset_snapshot()[1]
+
+    def _dataset_snapshot(self) -> tuple[int, dict[str, Any]]:
+        with self._jobs.lock:
+            data = self.dataset.as_dict()
+            data["v1"]["jobs"] = list(data["v1"]["jobs"])
+            return self._jobs.version, data
 
     def dataset_body(self) -> bytes:
-        if self._dataset_body is None:
-            self._dataset_body = _dumps(self.dataset.as_dict())
-        return self._dataset_body
+        cached = self._dataset_body
+        if cached is None or cached[0] != self._jobs.version:
+            version, data = self._dataset_snapshot()
+            cached = self._dataset_body = (version, _dumps(data))
+        return cached[1]
+
+    def move_jobs(self, count: int) -> list[int]:
+        """Give ``count`` random v1 jobs a new ``lastUpdatedAt`` above all others."""
+        return self._jobs.change(count, 0)
+
+    def freeze(self) -> bool:
+        """Stop live mode's changes; the dataset read back is then final."""
+        self._jobs.frozen = True
+        return True
 
     def request_log(self) -> list[RequestRecord]:
         with self._lock:
@@ -486,10 +519,18 @@ class Api:
 
 
 class _JobIndex:
-    """The v1 jobs in each order and filter a client can ask for."""
+    """The v1 jobs in each order and filter a client can ask for, live or frozen.
 
-    def __init__(self, dataset: Dataset) -> None:
-        self._records = _serialize(dataset.jobs)
+    A keyset client asks a new ``updatedAtStart`` on every page, so the ordered view
+    is one sorted list searched with bisect. In live mode a changed job gets a
+    ``lastUpdatedAt`` above all others: it leaves its place and is appended at the
+    end, which keeps the list sorted without sorting it again.
+    """
+
+    def __init__(self, config: SandboxConfig, dataset: Dataset) -> None:
+        self._config = config
+        self._dataset = dataset
+        self._records = _serialize(dataset.jobs)  # by index into dataset.jobs
         self._epochs = dataset.job_epochs
         # Ties by descending jobId: an order no client can mistake for jobId order.
         # One int per job (epoch, then inverted id) sorts far faster than tuples.
@@ -497,33 +538,100 @@ class _JobIndex:
             (epoch << 32) - job["jobId"]
             for epoch, job in zip(self._epochs, dataset.jobs, strict=True)
         ]
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        self._sorted = [self._records[i] for i in order]
-        self._sorted_epochs = [self._epochs[i] for i in order]
+        self._order = sorted(range(len(keys)), key=keys.__getitem__)
+        self._sorted = [self._records[i] for i in self._order]
+        self._sorted_epochs = [self._epochs[i] for i in self._order]
         self._filtered: dict[float, list[bytes]] = {}
-        self._lock = threading.Lock()
+        self._rng = random.Random(config.seed + 2)
+        self._next_id = 10 * len(dataset.jobs) + 1  # above every generated jobId
+        self._connection_ids = [c["connectionId"] for c in dataset.connections]
+        self.frozen = False
+        #: Bumped at every change, so renderings of the dataset know they are stale.
+        self.version = 0
+        self.lock = threading.Lock()
 
-    def view(self, start: float | None, *, ordered: bool) -> tuple[list[bytes], int]:
-        """Jobs to page through and the index of the first: views are never copied."""
-        if ordered:
+    def page(
+        self, start: float | None, offset: int, limit: int, *, ordered: bool
+    ) -> tuple[list[bytes], int]:
+        """Jobs ``offset`` to ``offset + limit`` of a view, and the view's length.
+
+        In live mode the jobs change right after the page is cut: between this
+        page and the client's next request, as on a busy real API.
+        """
+        with self.lock:
+            items, first = self._view(start, ordered=ordered)
+            total = len(items) - first
+            page = items[first + offset : first + min(offset + limit, total)]
+            if not self.frozen:
+                self._change(
+                    self._config.live_moves_per_page, self._config.live_adds_per_page
+                )
+        return page, total
+
+    def change(self, moves: int, adds: int) -> list[int]:
+        """Move ``moves`` random jobs above all others, add ``adds``; their jobIds."""
+        with self.lock:
+            return self._change(moves, adds)
+
+    def _view(self, start: float | None, *, ordered: bool) -> tuple[list[bytes], int]:
+        if ordered and not self._config.ignore_order_by:
             first = (
                 0 if start is None else bisect.bisect_left(self._sorted_epochs, start)
             )
             return self._sorted, first
         if start is None:
             return self._records, 0
-        with self._lock:
-            view = self._filtered.get(start)
-            if view is None:
-                if len(self._filtered) >= _FILTER_CACHE_SIZE:
-                    del self._filtered[next(iter(self._filtered))]
-                view = [
-                    r
-                    for r, epoch in zip(self._records, self._epochs, strict=True)
-                    if epoch >= start
-                ]
-                self._filtered[start] = view
+        view = self._filtered.get(start)
+        if view is None:
+            if len(self._filtered) >= _FILTER_CACHE_SIZE:
+                del self._filtered[next(iter(self._filtered))]
+            view = [
+                r
+                for r, epoch in zip(self._records, self._epochs, strict=True)
+                if epoch >= start
+            ]
+            self._filtered[start] = view
         return view, 0
+
+    def _change(self, moves: int, adds: int) -> list[int]:
+        jobs = self._dataset.jobs
+        if not (moves or adds) or not jobs:
+            return []
+        top = self._sorted_epochs[-1]
+        # One new instant per change, a whole minute written without seconds: the
+        # jobs changed together are ties, and clients must parse "…T01:30Z".
+        epoch = top - top % 60 + 60
+        changed = self._rng.sample(range(len(jobs)), min(moves, len(jobs)))
+        for index in changed:
+            self._unsort(index)
+            jobs[index] = changed_v1_job(jobs[index], epoch, self._rng)
+            self._epochs[index] = epoch
+        for _ in range(adds):
+            changed.append(len(jobs))
+            jobs.append(
+                new_v1_job(self._next_id, epoch, self._rng, self._connection_ids)
+            )
+            self._epochs.append(epoch)
+            self._records.append(b"")
+            self._next_id += 1
+        changed.sort(key=lambda i: -jobs[i]["jobId"])  # ties by descending jobId
+        for index in changed:
+            self._records[index] = _dumps(jobs[index])
+            self._order.append(index)
+            self._sorted.append(self._records[index])
+            self._sorted_epochs.append(epoch)
+        self._filtered.clear()
+        self.version += 1
+        return [jobs[i]["jobId"] for i in changed]
+
+    def _unsort(self, index: int) -> None:
+        """Take the job at ``dataset.jobs[index]`` out of the ordered view."""
+        epoch = self._epochs[index]
+        low = bisect.bisect_left(self._sorted_epochs, epoch)
+        high = bisect.bisect_right(self._sorted_epochs, epoch)
+        position = self._order.index(index, low, high)
+        del self._order[position], self._sorted[position]
+        del self._sorted_epochs[position]
 
 
 def _auth_kind(headers: Mapping[str, str]) -> str:

@@ -45,6 +45,11 @@ _HELP = {
     "loop_cursor": "stream whose second page repeats the first page's cursor",
     "html_paths": "paths answered with 200 and an HTML login page",
     "latency_ms": "delay before each answer, in milliseconds",
+    "live_moves_per_page": "v1 jobs given a new lastUpdatedAt above all others after "
+    "each /v1/jobs page served (until frozen)",
+    "live_adds_per_page": "new v1 jobs added after each /v1/jobs page served "
+    "(until frozen)",
+    "ignore_order_by": "serve v1 jobs unsorted even when orderBy asks for an order",
     "client_id": "v1 OAuth client id",
     "client_secret": "v1 OAuth client secret",
     "api_key": "v3 API key (header x-api-key)",

@@ -40,6 +40,9 @@ class SandboxConfig:
     loop_cursor: LoopStream | None = None
     html_paths: list[str] = field(default_factory=list)
     latency_ms: int = 0
+    live_moves_per_page: int = 0
+    live_adds_per_page: int = 0
+    ignore_order_by: bool = False
     client_id: str = "sandbox-client"
     client_secret: str = "sandbox-secret"
     api_key: str = "sandbox-key"
@@ -61,6 +64,8 @@ class SandboxConfig:
             "max_consecutive_faults",
             "latency_ms",
             "token_ttl",
+            "live_moves_per_page",
+            "live_adds_per_page",
         )
         for name in sizes:
             if getattr(self, name) < 0:

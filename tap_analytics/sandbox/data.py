@@ -277,6 +277,23 @@ def _v1_jobs(
     return jobs, epochs
 
 
+def changed_v1_job(job: Record, epoch: int, rng: random.Random) -> Record:
+    """``job`` as the API shows it once it changed at ``epoch`` (a run that ended)."""
+    return {
+        **job,
+        "lastUpdatedAt": _iso(epoch, seconds=epoch % 60 != 0),
+        "status": rng.choice(("succeeded", "failed")),
+    }
+
+
+def new_v1_job(
+    job_id: int, epoch: int, rng: random.Random, connection_ids: list[str]
+) -> Record:
+    """A job that appeared at ``epoch``, drawn like the generated ones."""
+    (job,), _ = _v1_jobs(rng, 1, connection_ids)
+    return {**changed_v1_job(job, epoch, rng), "jobId": job_id, "status": "running"}
+
+
 # (status, total_row_count) pairs every default dataset contains, successful first
 _JOB_KINDS = (
     ("finished", "rows"),

@@ -199,8 +199,23 @@ class SandboxServer:
 
     @property
     def dataset(self) -> dict[str, Any]:
-        """Exactly the records the API serves; treat as read-only."""
-        return self._api.dataset.as_dict()
+        """Exactly the records the API serves now; treat as read-only.
+
+        In live mode the v1 jobs are the current version of every job; call
+        ``freeze`` first for a dataset that stays current.
+        """
+        return self._api.dataset_dict()
+
+    def move_jobs(self, count: int) -> list[int]:
+        """Give ``count`` random v1 jobs a new ``lastUpdatedAt`` above all others.
+
+        Returns their jobIds. Works frozen or not: it is the change between runs.
+        """
+        return self._api.move_jobs(count)
+
+    def freeze(self) -> None:
+        """End live mode: pages served from now on change nothing."""
+        self._api.freeze()
 
     @property
     def requests(self) -> list[RequestRecord]:
