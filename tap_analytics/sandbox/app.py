@@ -492,7 +492,7 @@ class Api:
 
     def move_jobs(self, count: int) -> list[int]:
         """Give ``count`` random v1 jobs a new ``lastUpdatedAt`` above all others."""
-        return self._jobs.change(count, 0)
+        return self._jobs.move(count)
 
     def freeze(self) -> bool:
         """Stop live mode's changes; the dataset read back is then final."""
@@ -568,10 +568,10 @@ class _JobIndex:
                 )
         return page, total
 
-    def change(self, moves: int, adds: int) -> list[int]:
-        """Move ``moves`` random jobs above all others, add ``adds``; their jobIds."""
+    def move(self, count: int) -> list[int]:
+        """Move ``count`` random jobs above all others, one after another; their ids."""
         with self.lock:
-            return self._change(moves, adds)
+            return self._change(count, 0, spread=True)
 
     def _view(self, start: float | None, *, ordered: bool) -> tuple[list[bytes], int]:
         if ordered and not self._config.ignore_order_by:
@@ -593,20 +593,27 @@ class _JobIndex:
             self._filtered[start] = view
         return view, 0
 
-    def _change(self, moves: int, adds: int) -> list[int]:
+    def _change(self, moves: int, adds: int, *, spread: bool = False) -> list[int]:
+        """Change jobs to a new ``lastUpdatedAt`` above all others.
+
+        All at the next whole minute (as ties, written without seconds, which
+        clients must parse), or ``spread`` one second apart from it, as jobs that
+        ended one after another.
+        """
         jobs = self._dataset.jobs
         if not (moves or adds) or not jobs:
             return []
         top = self._sorted_epochs[-1]
-        # One new instant per change, a whole minute written without seconds: the
-        # jobs changed together are ties, and clients must parse "…T01:30Z".
-        epoch = top - top % 60 + 60
+        first = top - top % 60 + 60
+        step = 1 if spread else 0
         changed = self._rng.sample(range(len(jobs)), min(moves, len(jobs)))
-        for index in changed:
+        for number, index in enumerate(changed):
             self._unsort(index)
+            epoch = first + number * step
             jobs[index] = changed_v1_job(jobs[index], epoch, self._rng)
             self._epochs[index] = epoch
-        for _ in range(adds):
+        for number in range(len(changed), len(changed) + adds):
+            epoch = first + number * step
             changed.append(len(jobs))
             jobs.append(
                 new_v1_job(self._next_id, epoch, self._rng, self._connection_ids)
@@ -614,12 +621,13 @@ class _JobIndex:
             self._epochs.append(epoch)
             self._records.append(b"")
             self._next_id += 1
-        changed.sort(key=lambda i: -jobs[i]["jobId"])  # ties by descending jobId
+        # ties by descending jobId, as in the generated order
+        changed.sort(key=lambda i: (self._epochs[i], -jobs[i]["jobId"]))
         for index in changed:
             self._records[index] = _dumps(jobs[index])
             self._order.append(index)
             self._sorted.append(self._records[index])
-            self._sorted_epochs.append(epoch)
+            self._sorted_epochs.append(self._epochs[index])
         self._filtered.clear()
         self.version += 1
         return [jobs[i]["jobId"] for i in changed]
