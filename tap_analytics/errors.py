@@ -7,6 +7,8 @@ and the exit code must be non-zero. Tracebacks are kept for ``--log-level debug`
 
 from __future__ import annotations
 
+import ssl
+
 import requests
 from singer_sdk.exceptions import FatalAPIError
 
@@ -30,6 +32,34 @@ class APIResponseError(FatalAPIError):
 
 class CursorLoopError(APIResponseError):
     """The API handed out a pagination cursor it had already handed out."""
+
+
+class UntrustedCertificateError(TapAnalyticsError):
+    """The server's TLS certificate failed verification: retrying cannot help."""
+
+
+def raise_if_untrusted(exc: requests.RequestException) -> None:
+    """Turn a certificate verification failure into one line that says what to do.
+
+    requests reports it as a ``ConnectionError``, which the retry policy would try
+    four times and report as "connection refused".
+    """
+    if not isinstance(exc, requests.exceptions.SSLError):
+        return
+    seen: list[BaseException] = [exc]
+    while seen:
+        current = seen.pop()
+        if isinstance(current, ssl.SSLCertVerificationError):
+            url = safe_url(exc.request.url) if exc.request and exc.request.url else "?"
+            msg = (
+                f"TLS certificate of {url} is not trusted: {current.verify_message} "
+                "(if it is signed by a private CA, set REQUESTS_CA_BUNDLE to that "
+                "CA's certificate file)"
+            )
+            raise UntrustedCertificateError(msg) from exc
+        reason = getattr(current, "reason", None)
+        nested = [*current.args, reason, current.__cause__, current.__context__]
+        seen.extend(item for item in nested if isinstance(item, BaseException))
 
 
 def describe_failure(response: requests.Response) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
 import typing as t
 from functools import cached_property
@@ -177,6 +178,36 @@ class TapAnalytics(Tap):
             description="User-Agent header. Default: tap-analytics/<version>.",
         ),
     ).to_dict()
+
+    @property
+    def _env_var_config(self) -> dict[str, t.Any]:
+        # With --config ENV the SDK converts integer settings with a bare int()
+        # and object settings with a JSON parser: a bad value was a traceback that
+        # named neither the variable nor the setting.
+        try:
+            return t.cast("dict[str, t.Any]", super()._env_var_config)
+        except ValueError:
+            raise ConfigError(self._env_var_problem()) from None
+
+    def _env_var_problem(self) -> str:
+        schema = dict(self.config_jsonschema)
+        self.append_builtin_config(schema)
+        for name, prop in schema["properties"].items():
+            variable = f"{self._env_var_prefix}{name.upper()}"
+            if (value := os.environ.get(variable)) is None:
+                continue
+            types = prop.get("type", [])
+            try:
+                if "integer" in types:
+                    int(value)
+                elif "object" in types or "array" in types:
+                    json.loads(value)
+            except ValueError:
+                kind = "an integer" if "integer" in types else "JSON"
+                return (
+                    f"environment variable {variable} (setting '{name}') must be {kind}"
+                )
+        return "a setting from the environment (TAP_ANALYTICS_*) is invalid"
 
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
         # Replaces the SDK's validation, whose messages echo setting values.
