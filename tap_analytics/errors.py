@@ -34,6 +34,16 @@ class CursorLoopError(APIResponseError):
     """The API handed out a pagination cursor it had already handed out."""
 
 
+class TargetClosedPipeError(TapAnalyticsError):
+    """stdout was closed by its reader: the target ended (or crashed) mid-stream."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the target closed the pipe on stdout (it exited or crashed; see its "
+            "log): records after its last processed STATE were not loaded"
+        )
+
+
 class UntrustedCertificateError(TapAnalyticsError):
     """The server's TLS certificate failed verification: retrying cannot help."""
 

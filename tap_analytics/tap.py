@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -16,14 +17,17 @@ from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.authenticators import APIKeyAuthenticator
 from singer_sdk.exceptions import FatalAPIError, MappingError, RetriableAPIError
+from singer_sdk.singerlib import StateMessage
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
 from tap_analytics.errors import (
     ConfigError,
     TapAnalyticsError,
+    TargetClosedPipeError,
     connection_problem,
     safe_url,
 )
+from tap_analytics.interrupts import RunInterrupted, raise_interrupted, resumable_state
 from tap_analytics.output import BufferedMsgSpecWriter
 from tap_analytics.prefetch import Prefetcher
 from tap_analytics.retry import MAX_ATTEMPTS
@@ -33,6 +37,8 @@ from tap_analytics.timestamps import parse_timestamp
 from tap_analytics.urls import is_absolute_url
 
 if t.TYPE_CHECKING:
+    from types import FrameType
+
     from singer_sdk.helpers.types import Auth
     from singer_sdk.streams import Stream
 
@@ -274,6 +280,25 @@ class TapAnalytics(Tap):
         streams = V1_STREAMS if self.family is Family.V1 else V3_STREAMS
         return [stream_class(tap=self) for stream_class in streams]
 
+    #: The input state is loaded (the SDK installs signal handlers before that).
+    _state_loaded = False
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._state_loaded = True
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        # The SDK writes its state and exits 0: see tap_analytics.interrupts.
+        raise_interrupted(signum, self._write_resumable_state)
+
+    def _write_resumable_state(self) -> None:
+        # Last on stdout, after every record already written (and even when equal
+        # to the previous STATE, which the SDK's state writer would not repeat).
+        # Before the input state is loaded there is nothing a rerun could use, and
+        # an empty STATE would replace the bookmarks an orchestrator keeps.
+        if self._state_loaded:
+            self.write_message(StateMessage(value=resumable_state(self.state)))
+
 
 def failure_message(exc: BaseException) -> str | None:
     """One line for an expected failure; ``None`` for a bug (keep the traceback)."""
@@ -301,11 +326,23 @@ def main() -> None:
     """``tap-analytics``: the SDK's CLI, with expected failures on one line."""
     try:
         TapAnalytics.cli()
+    except RunInterrupted as interrupt:
+        Prefetcher.cancel_all()
+        with contextlib.suppress(TargetClosedPipeError, OSError):  # target gone too
+            interrupt.write_state()
+            sys.stdout.flush()
+        print(f"tap-analytics: {interrupt.message}", file=sys.stderr, flush=True)
+        # Without waiting for child requests still in flight in the prefetch pool
+        # (Python joins its threads at exit): stopping promptly is the point.
+        os._exit(interrupt.exit_code)
     except Exception as exc:
         message = failure_message(exc)
         if message is None:
             raise
         Prefetcher.cancel_all()  # nobody will read what is still queued
         TapAnalytics.logger.debug("Failure", exc_info=True)
+        if isinstance(exc, TargetClosedPipeError):
+            # Else Python's flush of stdout at exit reports the broken pipe again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print(f"tap-analytics: error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
