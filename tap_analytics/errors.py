@@ -82,9 +82,11 @@ def describe_failure(response: requests.Response) -> str:
 
 
 def connection_problem(exc: BaseException) -> str:
-    """``timed out`` or ``connection failed``: what a user can act on."""
+    """``timed out``, a failed TLS handshake or a refused connection."""
     if isinstance(exc, requests.Timeout):
         return "timed out"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS handshake failed (does the server speak https on that port?)"
     return "connection refused or host unreachable"
 
 

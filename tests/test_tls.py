@@ -173,3 +173,15 @@ def test_sandbox_cli_serves_https_and_writes_the_ca_file(tmp_path):
         f"sandbox API listening on {base_url}",
         f"export REQUESTS_CA_BUNDLE={ca_file}",
     ]
+
+
+def test_https_to_a_plain_http_port_names_the_tls_handshake(sandbox, tmp_path):
+    server = sandbox()
+    base_url = server.base_url.replace("http://", "https://")
+    config = {**v3_config(server), "base_url": base_url, "retry_backoff_factor": 0.01}
+    run = run_cli(config=config, tmp_path=tmp_path)
+    assert run.returncode == 1
+    last = run.last_stderr_line
+    assert last.startswith(f"tap-analytics: error: cannot reach GET {base_url}/v3/")
+    assert "TLS handshake failed" in last
+    assert "Traceback" not in run.stderr
