@@ -19,9 +19,15 @@ from tap_analytics.errors import (
     TapAnalyticsError,
     connection_problem,
     describe_failure,
+    raise_if_untrusted,
     safe_url,
 )
-from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
+from tap_analytics.retry import (
+    MAX_ATTEMPTS,
+    RETRY_STATUSES,
+    backoff_waits,
+    mount_without_transport_retries,
+)
 
 # Ask for a new token this long before the old one expires (or a quarter of its
 # lifetime when that is shorter), so a request never leaves with a token that
@@ -58,7 +64,9 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             client_secret=client_secret,
         )
         self._timeout = timeout
-        # The token request gets the same retry policy as data requests.
+        # The SDK mounts urllib3 retries on https:// for the token session; the
+        # token request gets the same retry policy as data requests instead.
+        mount_without_transport_retries(self._session)
         self._post_with_retries = backoff.on_exception(
             functools.partial(backoff_waits, backoff_factor),
             (requests.ConnectionError, requests.Timeout, RetriableAPIError),
@@ -127,13 +135,17 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
 
     def _post_once(self, *, json_body: bool) -> requests.Response:
         payload = self.oauth_request_payload
-        response = self._session.post(
-            self.auth_endpoint,
-            headers=self._oauth_headers,
-            timeout=self._timeout,
-            json=payload if json_body else None,
-            data=None if json_body else payload,
-        )
+        try:
+            response = self._session.post(
+                self.auth_endpoint,
+                headers=self._oauth_headers,
+                timeout=self._timeout,
+                json=payload if json_body else None,
+                data=None if json_body else payload,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise_if_untrusted(exc)
+            raise
         if response.status_code in RETRY_STATUSES:
             raise RetriableAPIError(describe_failure(response), response)
         return response

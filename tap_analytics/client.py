@@ -17,9 +17,18 @@ from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
-from tap_analytics.errors import APIResponseError, describe_failure
+from tap_analytics.errors import (
+    APIResponseError,
+    describe_failure,
+    raise_if_untrusted,
+)
 from tap_analytics.responses import json_body, records_in
-from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
+from tap_analytics.retry import (
+    MAX_ATTEMPTS,
+    RETRY_STATUSES,
+    backoff_waits,
+    mount_without_transport_retries,
+)
 from tap_analytics.urls import is_absolute_url, safe_url
 
 if t.TYPE_CHECKING:
@@ -63,9 +72,7 @@ class AnalyticsStream(RESTStream[t.Any]):
         session.trust_env = False
         # One pooled connection per concurrent request (tap_analytics.prefetch).
         workers = int(self.analytics_tap.setting("max_concurrent_requests"))
-        adapter = requests.adapters.HTTPAdapter(pool_maxsize=workers)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        mount_without_transport_retries(session, pool_maxsize=workers)
 
     @property
     def analytics_tap(self) -> TapAnalytics:
@@ -138,8 +145,12 @@ class AnalyticsStream(RESTStream[t.Any]):
     ) -> requests.Response:
         # The SDK treats 401 as fatal; a short-lived token can be revoked or expire
         # early, so fetch a new one once and repeat the request before giving up.
+        # An untrusted certificate is fatal, not a connection error to retry.
         try:
             return super()._request(prepared_request, context)
+        except requests.exceptions.SSLError as exc:
+            raise_if_untrusted(exc)
+            raise
         except TokenRejectedError:
             auth = t.cast("ClientCredentialsAuthenticator", self.authenticator)
             self.logger.info("Access token rejected; requesting a new one")

@@ -7,6 +7,8 @@ and the exit code must be non-zero. Tracebacks are kept for ``--log-level debug`
 
 from __future__ import annotations
 
+import ssl
+
 import requests
 from singer_sdk.exceptions import FatalAPIError
 
@@ -32,6 +34,44 @@ class CursorLoopError(APIResponseError):
     """The API handed out a pagination cursor it had already handed out."""
 
 
+class TargetClosedPipeError(TapAnalyticsError):
+    """stdout was closed by its reader: the target ended (or crashed) mid-stream."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the target closed the pipe on stdout (it exited or crashed; see its "
+            "log): records after its last processed STATE were not loaded"
+        )
+
+
+class UntrustedCertificateError(TapAnalyticsError):
+    """The server's TLS certificate failed verification: retrying cannot help."""
+
+
+def raise_if_untrusted(exc: requests.RequestException) -> None:
+    """Turn a certificate verification failure into one line that says what to do.
+
+    requests reports it as a ``ConnectionError``, which the retry policy would try
+    four times and report as "connection refused".
+    """
+    if not isinstance(exc, requests.exceptions.SSLError):
+        return
+    seen: list[BaseException] = [exc]
+    while seen:
+        current = seen.pop()
+        if isinstance(current, ssl.SSLCertVerificationError):
+            url = safe_url(exc.request.url) if exc.request and exc.request.url else "?"
+            msg = (
+                f"TLS certificate of {url} is not trusted: {current.verify_message} "
+                "(if it is signed by a private CA, set REQUESTS_CA_BUNDLE to that "
+                "CA's certificate file)"
+            )
+            raise UntrustedCertificateError(msg) from exc
+        reason = getattr(current, "reason", None)
+        nested = [*current.args, reason, current.__cause__, current.__context__]
+        seen.extend(item for item in nested if isinstance(item, BaseException))
+
+
 def describe_failure(response: requests.Response) -> str:
     """``GET <url> answered 503 Service Unavailable: <start of the body>``."""
     text = f"{response.request.method} {safe_url(response.url)} answered "
@@ -42,9 +82,11 @@ def describe_failure(response: requests.Response) -> str:
 
 
 def connection_problem(exc: BaseException) -> str:
-    """``timed out`` or ``connection failed``: what a user can act on."""
+    """``timed out``, a failed TLS handshake or a refused connection."""
     if isinstance(exc, requests.Timeout):
         return "timed out"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS handshake failed (does the server speak https on that port?)"
     return "connection refused or host unreachable"
 
 

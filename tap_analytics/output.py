@@ -8,6 +8,8 @@ import typing as t
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.singerlib import RecordMessage
 
+from tap_analytics.errors import TargetClosedPipeError
+
 if t.TYPE_CHECKING:
     from singer_sdk.singerlib.encoding.simple import Message
 
@@ -25,9 +27,12 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
         line = self.format_message(message)
         stdout = sys.stdout
         binary = getattr(stdout, "buffer", None)
-        if binary is None:  # stdout replaced by a text stream (e.g. in tests)
-            stdout.write(line.decode())
-        else:
-            binary.write(line)
-        if not isinstance(message, RecordMessage):
-            stdout.flush()
+        try:
+            if binary is None:  # stdout replaced by a text stream (e.g. in tests)
+                stdout.write(line.decode())
+            else:
+                binary.write(line)
+            if not isinstance(message, RecordMessage):
+                stdout.flush()
+        except BrokenPipeError:
+            raise TargetClosedPipeError from None

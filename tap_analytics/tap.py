@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
+import os
 import sys
 import typing as t
 from functools import cached_property
@@ -15,14 +17,17 @@ from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.authenticators import APIKeyAuthenticator
 from singer_sdk.exceptions import FatalAPIError, MappingError, RetriableAPIError
+from singer_sdk.singerlib import StateMessage
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
 from tap_analytics.errors import (
     ConfigError,
     TapAnalyticsError,
+    TargetClosedPipeError,
     connection_problem,
     safe_url,
 )
+from tap_analytics.interrupts import RunInterrupted, raise_interrupted, resumable_state
 from tap_analytics.output import BufferedMsgSpecWriter
 from tap_analytics.prefetch import Prefetcher
 from tap_analytics.retry import MAX_ATTEMPTS
@@ -32,6 +37,8 @@ from tap_analytics.timestamps import parse_timestamp
 from tap_analytics.urls import is_absolute_url
 
 if t.TYPE_CHECKING:
+    from types import FrameType
+
     from singer_sdk.helpers.types import Auth
     from singer_sdk.streams import Stream
 
@@ -178,6 +185,36 @@ class TapAnalytics(Tap):
         ),
     ).to_dict()
 
+    @property
+    def _env_var_config(self) -> dict[str, t.Any]:
+        # With --config ENV the SDK converts integer settings with a bare int()
+        # and object settings with a JSON parser: a bad value was a traceback that
+        # named neither the variable nor the setting.
+        try:
+            return t.cast("dict[str, t.Any]", super()._env_var_config)
+        except ValueError:
+            raise ConfigError(self._env_var_problem()) from None
+
+    def _env_var_problem(self) -> str:
+        schema = dict(self.config_jsonschema)
+        self.append_builtin_config(schema)
+        for name, prop in schema["properties"].items():
+            variable = f"{self._env_var_prefix}{name.upper()}"
+            if (value := os.environ.get(variable)) is None:
+                continue
+            types = prop.get("type", [])
+            try:
+                if "integer" in types:
+                    int(value)
+                elif "object" in types or "array" in types:
+                    json.loads(value)
+            except ValueError:
+                kind = "an integer" if "integer" in types else "JSON"
+                return (
+                    f"environment variable {variable} (setting '{name}') must be {kind}"
+                )
+        return "a setting from the environment (TAP_ANALYTICS_*) is invalid"
+
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
         # Replaces the SDK's validation, whose messages echo setting values.
         schema = dict(self.config_jsonschema)
@@ -243,6 +280,25 @@ class TapAnalytics(Tap):
         streams = V1_STREAMS if self.family is Family.V1 else V3_STREAMS
         return [stream_class(tap=self) for stream_class in streams]
 
+    #: The input state is loaded (the SDK installs signal handlers before that).
+    _state_loaded = False
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._state_loaded = True
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        # The SDK writes its state and exits 0: see tap_analytics.interrupts.
+        raise_interrupted(signum, self._write_resumable_state)
+
+    def _write_resumable_state(self) -> None:
+        # Last on stdout, after every record already written (and even when equal
+        # to the previous STATE, which the SDK's state writer would not repeat).
+        # Before the input state is loaded there is nothing a rerun could use, and
+        # an empty STATE would replace the bookmarks an orchestrator keeps.
+        if self._state_loaded:
+            self.write_message(StateMessage(value=resumable_state(self.state)))
+
 
 def failure_message(exc: BaseException) -> str | None:
     """One line for an expected failure; ``None`` for a bug (keep the traceback)."""
@@ -270,11 +326,23 @@ def main() -> None:
     """``tap-analytics``: the SDK's CLI, with expected failures on one line."""
     try:
         TapAnalytics.cli()
+    except RunInterrupted as interrupt:
+        Prefetcher.cancel_all()
+        with contextlib.suppress(TargetClosedPipeError, OSError):  # target gone too
+            interrupt.write_state()
+            sys.stdout.flush()
+        print(f"tap-analytics: {interrupt.message}", file=sys.stderr, flush=True)
+        # Without waiting for child requests still in flight in the prefetch pool
+        # (Python joins its threads at exit): stopping promptly is the point.
+        os._exit(interrupt.exit_code)
     except Exception as exc:
         message = failure_message(exc)
         if message is None:
             raise
         Prefetcher.cancel_all()  # nobody will read what is still queued
         TapAnalytics.logger.debug("Failure", exc_info=True)
+        if isinstance(exc, TargetClosedPipeError):
+            # Else Python's flush of stdout at exit reports the broken pipe again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print(f"tap-analytics: error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -242,3 +242,27 @@ def test_token_endpoint_faults_are_retried(sandbox):
     assert_exact_v1(out, server)
     tokens = [r["status"] for r in server.requests if r["path"] == "/token"]
     assert tokens == [503, 503, 200]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("PAGE_SIZE", "abc", "TAP_ANALYTICS_PAGE_SIZE (setting 'page_size') must be"),
+        ("STREAM_MAPS", "{x", "TAP_ANALYTICS_STREAM_MAPS (setting 'stream_maps')"),
+    ],
+)
+def test_a_badly_typed_setting_from_the_environment_is_one_line(
+    sandbox, variable, value, expected
+):
+    server = sandbox()
+    env = {
+        "TAP_ANALYTICS_BASE_URL": server.base_url,
+        "TAP_ANALYTICS_API_KEY": server.config.api_key,
+        f"TAP_ANALYTICS_{variable}": value,
+    }
+    run = run_cli("--config", "ENV", env=env)
+    assert run.returncode == 1
+    assert run.last_stderr_line.startswith("tap-analytics: error: environment")
+    assert expected in run.last_stderr_line
+    assert "Traceback" not in run.stderr
+    assert server.requests == []

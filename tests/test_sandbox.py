@@ -647,7 +647,8 @@ def test_cli_help_names_every_setting(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--config", "--host", "--port", "--ready-file", "--verbose"):
+    server_flags = ("--config", "--host", "--port", "--ready-file", "--verbose")
+    for flag in (*server_flags, "--tls", "--ca-file"):
         assert flag in out
     for name in SandboxConfig.__dataclass_fields__:
         assert f"--{name.replace('_', '-')}" in out

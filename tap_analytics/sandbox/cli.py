@@ -87,7 +87,8 @@ def _options(hint: Any) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tap_analytics.sandbox",
-        usage="%(prog)s [--config FILE.json] [--port N] [--ready-file PATH] [SETTINGS]",
+        usage="%(prog)s [--config FILE.json] [--port N] [--ready-file PATH] "
+        "[--tls [--ca-file PATH]] [SETTINGS]",
         description="Serve a deterministic fake of the analytics API (v1 and v3) on "
         "loopback. Settings come from their defaults, then --config, then the flags.",
     )
@@ -111,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="write the base URL into this file once listening",
+    )
+    server.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS, as the real API does, with a certificate from a "
+        "throwaway test CA made at start (needs the trustme package); clients "
+        "trust it with REQUESTS_CA_BUNDLE=<the CA file>",
+    )
+    server.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="PATH",
+        help="with --tls: write the test CA's certificate (PEM) here, before the "
+        "ready file (default: a temporary file, removed at exit; its path is printed)",
     )
     server.add_argument(
         "--verbose", action="store_true", help="log each request to stderr"
@@ -159,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _load_config(args)
         require_loopback(args.host)
+        if args.ca_file is not None and not args.tls:
+            raise ValueError("--ca-file needs --tls")
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
     # Installed before the dataset is generated (seconds, for 200,000 jobs), so that
@@ -166,7 +183,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    server = SandboxServer(config, host=args.host, port=args.port, verbose=args.verbose)
+    try:
+        server = SandboxServer(
+            config,
+            host=args.host,
+            port=args.port,
+            verbose=args.verbose,
+            tls=args.tls,
+            ca_file=None if args.ca_file is None else str(args.ca_file),
+        )
+    except (RuntimeError, OSError) as exc:  # trustme missing, CA file unwritable
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 1
     try:
         server.start()
     except OSError as exc:
@@ -175,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         print(f"sandbox API listening on {server.base_url}", flush=True)
+        if args.tls:
+            print(f"export REQUESTS_CA_BUNDLE={server.ca_file}", flush=True)
         if args.ready_file is not None:
             _write_ready_file(args.ready_file, server.base_url)
         stop.wait()

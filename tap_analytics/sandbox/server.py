@@ -6,6 +6,9 @@ import contextlib
 import ipaddress
 import socket
 import socketserver
+import ssl
+import sys
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -17,13 +20,50 @@ from .data import generate
 if TYPE_CHECKING:
     from types import TracebackType
 
+# Names the test certificate is valid for: every loopback name a client may use.
+_CERT_IDENTITIES = ("127.0.0.1", "localhost", "::1")
+
+
+class _TestCA:
+    """A throwaway certificate authority and a server certificate it signed.
+
+    The CA's certificate is written to a file so clients can trust it the standard
+    way (``REQUESTS_CA_BUNDLE``); the key never leaves memory.
+    """
+
+    def __init__(self, ca_file: str | None) -> None:
+        try:
+            import trustme  # only --tls needs it: plain HTTP works without
+        except ImportError:
+            msg = (
+                "the sandbox's TLS mode needs the trustme package: "
+                "pip install 'tap-analytics[sandbox]'"
+            )
+            raise RuntimeError(msg) from None
+        ca = trustme.CA()
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(*_CERT_IDENTITIES).configure_cert(self.context)
+        if ca_file is None:
+            # Removed when this object is collected or the process exits.
+            self._directory = tempfile.TemporaryDirectory(prefix="sandbox-ca-")
+            ca_file = f"{self._directory.name}/ca.pem"
+        ca.cert_pem.write_to_path(ca_file)
+        self.ca_file = ca_file
+
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], api: Api, verbose: bool) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        api: Api,
+        verbose: bool,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.api = api
         self.verbose = verbose
+        self.tls = tls
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         if ":" in address[0]:
@@ -36,6 +76,26 @@ class _HTTPServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake runs here, in the connection's own thread, so a slow or
+        # refusing client cannot hold up the accept loop.
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            secure = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # the client does not trust the test CA, or hung up
+        try:
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that drops a connection is normal (a tap interrupted mid-request).
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
+            super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         """End keep-alive connections, whose threads would otherwise keep serving."""
@@ -133,11 +193,17 @@ class SandboxServer:
         host: str = "127.0.0.1",
         port: int = 0,
         verbose: bool = False,
+        tls: bool = False,
+        ca_file: str | None = None,
     ) -> None:
+        """``tls=True`` serves HTTPS with a certificate from a throwaway test CA,
+        whose certificate goes to ``ca_file`` (default: a temporary file, see
+        :attr:`ca_file`)."""
         require_loopback(host)
         self.config = config if config is not None else SandboxConfig()
         self._address = (host, port)
         self._verbose = verbose
+        self._ca = _TestCA(ca_file) if tls else None
         self._api = Api(self.config, generate(self.config))
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -146,11 +212,13 @@ class SandboxServer:
         """Bind and serve; a no-op when already running."""
         if self._httpd is not None:
             return self
-        httpd = _HTTPServer(self._address, self._api, self._verbose)
+        tls = self._ca.context if self._ca is not None else None
+        httpd = _HTTPServer(self._address, self._api, self._verbose, tls)
         host = httpd.server_name
         if httpd.address_family == socket.AF_INET6:
             host = f"[{host}]"
-        self._api.bind(f"http://{host}:{httpd.server_port}")
+        scheme = "https" if tls is not None else "http"
+        self._api.bind(f"{scheme}://{host}:{httpd.server_port}")
         self._thread = threading.Thread(
             target=httpd.serve_forever,
             name="sandbox-api",
@@ -192,10 +260,17 @@ class SandboxServer:
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``, without a trailing slash."""
+        """``http(s)://127.0.0.1:PORT``, without a trailing slash."""
         if not self._api.base_url:
             raise RuntimeError("the sandbox has not been started")
         return self._api.base_url
+
+    @property
+    def ca_file(self) -> str:
+        """The test CA's certificate (PEM), for ``REQUESTS_CA_BUNDLE``; TLS only."""
+        if self._ca is None:
+            raise RuntimeError("the sandbox serves plain HTTP (start it with tls=True)")
+        return self._ca.ca_file
 
     @property
     def dataset(self) -> dict[str, Any]:
