@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 import typing as t
 
 import backoff
@@ -22,6 +23,9 @@ from tap_analytics.errors import (
     safe_url,
 )
 from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
+
+if t.TYPE_CHECKING:
+    from tap_analytics.run_stats import RunStats
 
 # Ask for a new token this long before the old one expires (or a quarter of its
 # lifetime when that is shorter), so a request never leaves with a token that
@@ -51,6 +55,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         client_secret: str,
         timeout: float,
         backoff_factor: float,
+        run_stats: RunStats,
     ) -> None:
         super().__init__(
             auth_endpoint=token_url,
@@ -58,6 +63,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             client_secret=client_secret,
         )
         self._timeout = timeout
+        self._run_stats = run_stats
         # The token request gets the same retry policy as data requests.
         self._post_with_retries = backoff.on_exception(
             functools.partial(backoff_waits, backoff_factor),
@@ -65,6 +71,8 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             max_tries=MAX_ATTEMPTS,
             jitter=None,
             logger=self.logger,
+            giveup_log_level=logging.DEBUG,  # the CLI's last line says it
+            on_backoff=lambda _: run_stats.count_retry(),
         )(self._post_once)
 
     @property
@@ -134,6 +142,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             json=payload if json_body else None,
             data=None if json_body else payload,
         )
+        self._run_stats.count_request()
         if response.status_code in RETRY_STATUSES:
             raise RetriableAPIError(describe_failure(response), response)
         return response
