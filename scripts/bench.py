@@ -359,7 +359,9 @@ def _delta(before: float | None, after: float | None) -> float | None:
 def _contenders(scenario: Scenario, base_url: str, workdir: Path) -> list[Contender]:
     def tap(label: str, settings: dict[str, Any]) -> Contender:
         config = workdir / f"tap-config-{len(taps)}.json"
-        config.write_text(json.dumps({"base_url": base_url, **settings}))
+        # METRIC lines carry the record counts read below (off by default).
+        tap_config = {"base_url": base_url, "log_metrics": True, **settings}
+        config.write_text(json.dumps(tap_config))
         return Contender(label, (str(TAP), "--config", str(config)), singer=True)
 
     taps: list[Contender] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 import typing as t
 
 import backoff
@@ -28,6 +29,9 @@ from tap_analytics.retry import (
     backoff_waits,
     mount_without_transport_retries,
 )
+
+if t.TYPE_CHECKING:
+    from tap_analytics.run_stats import RunStats
 
 # Ask for a new token this long before the old one expires (or a quarter of its
 # lifetime when that is shorter), so a request never leaves with a token that
@@ -57,6 +61,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         client_secret: str,
         timeout: float,
         backoff_factor: float,
+        run_stats: RunStats,
     ) -> None:
         super().__init__(
             auth_endpoint=token_url,
@@ -67,12 +72,15 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         # The SDK mounts urllib3 retries on https:// for the token session; the
         # token request gets the same retry policy as data requests instead.
         mount_without_transport_retries(self._session)
+        self._run_stats = run_stats
         self._post_with_retries = backoff.on_exception(
             functools.partial(backoff_waits, backoff_factor),
             (requests.ConnectionError, requests.Timeout, RetriableAPIError),
             max_tries=MAX_ATTEMPTS,
             jitter=None,
             logger=self.logger,
+            giveup_log_level=logging.DEBUG,  # the CLI's last line says it
+            on_backoff=lambda _: run_stats.count_retry(),
         )(self._post_once)
 
     @property
@@ -146,6 +154,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         except requests.exceptions.SSLError as exc:
             raise_if_untrusted(exc)
             raise
+        self._run_stats.count_request()
         if response.status_code in RETRY_STATUSES:
             raise RetriableAPIError(describe_failure(response), response)
         return response

@@ -11,6 +11,7 @@ from importlib.metadata import version
 from urllib.parse import urlsplit
 
 import requests
+from singer_sdk import metrics
 from singer_sdk.exceptions import RetriableAPIError
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.singerlib import RecordMessage
@@ -22,6 +23,7 @@ from tap_analytics.errors import (
     describe_failure,
     raise_if_untrusted,
 )
+from tap_analytics.logs import DEMOTE_SDK_NOISE, ProgressRecordCounter, StreamProgress
 from tap_analytics.responses import json_body, records_in
 from tap_analytics.retry import (
     MAX_ATTEMPTS,
@@ -48,6 +50,10 @@ class TokenRejectedError(APIResponseError):
 class AnalyticsStream(RESTStream[t.Any]):
     """What every stream of this API shares; subclasses read like API.md's tables."""
 
+    # The SDK writes this once per sync() call, which for a child stream is once
+    # per parent record (646 lines for 20 workflows): INFO for the first only.
+    _ONCE_PER_STREAM_MESSAGES = ("Beginning sync of",)
+
     #: Where the records are in a response body (API.md's data selector).
     records_key: t.ClassVar[str] = "data"
 
@@ -73,6 +79,10 @@ class AnalyticsStream(RESTStream[t.Any]):
         # One pooled connection per concurrent request (tap_analytics.prefetch).
         workers = int(self.analytics_tap.setting("max_concurrent_requests"))
         mount_without_transport_retries(session, pool_maxsize=workers)
+        run_stats = self.analytics_tap.run_stats
+        session.hooks["response"].append(lambda _, **__: run_stats.count_request())
+        self._logged_once: set[str] = set()
+        self.logger.addFilter(DEMOTE_SDK_NOISE)
 
     @property
     def analytics_tap(self) -> TapAnalytics:
@@ -174,6 +184,37 @@ class AnalyticsStream(RESTStream[t.Any]):
         # API.md's child paths take {parent_id}: the parent record's key.
         return {"parent_id": record[self.primary_keys[0]]}
 
+    # --- logs ----------------------------------------------------------------------
+
+    def log(
+        self, message: str, *args: t.Any, level: int = logging.INFO, **kwargs: t.Any
+    ) -> None:
+        if message.startswith(self._ONCE_PER_STREAM_MESSAGES):
+            if message in self._logged_once:
+                level = logging.DEBUG
+            self._logged_once.add(message)
+        super().log(message, *args, level=level, **kwargs)
+
+    @cached_property
+    def progress(self) -> StreamProgress:
+        return StreamProgress(
+            self.name,
+            interval=float(self.analytics_tap.setting("progress_interval")),
+            run_stats=self.analytics_tap.run_stats,
+            logger=self.logger,
+        )
+
+    def get_record_counter(
+        self,
+        *,
+        endpoint: str | None = None,
+        log_interval: float = metrics.DEFAULT_LOG_INTERVAL,
+    ) -> metrics.Counter:
+        tags: dict[str, t.Any] = {metrics.Tag.STREAM: self.name}
+        if endpoint:
+            tags[metrics.Tag.ENDPOINT] = endpoint
+        return ProgressRecordCounter(self.progress, tags, log_interval)
+
     # --- Singer output --------------------------------------------------------
 
     def _write_schema_message(self) -> None:
@@ -231,6 +272,7 @@ class AnalyticsStream(RESTStream[t.Any]):
             reason = f"{failure.response.status_code} {failure.response.reason}"
         else:
             reason = type(failure).__name__
+        self.analytics_tap.run_stats.count_retry()
         self.log(
             "Retry %d of %d for GET %s in %.1f s after %s",
             details["tries"],

@@ -54,3 +54,16 @@ def test_meltano_yml_declares_every_tap_setting_and_marks_secrets():
     }
     assert secrets == {"client_secret", "api_key"}
     assert {n for n, s in declared.items() if s.get("sensitive")} == secrets
+
+
+def test_each_extractor_selects_its_own_streams():
+    # tap-analytics-v3 inherits tap-analytics' `select` unless it has its own.
+    project = yaml.safe_load((ROOT / "meltano.yml").read_text())
+    extractors = {p["name"]: p for p in project["plugins"]["extractors"]}
+    credentials = {
+        "tap-analytics": {"client_id": "c", "client_secret": "s"},
+        "tap-analytics-v3": {"api_key": "k"},
+    }
+    for name, config in credentials.items():
+        streams = TapAnalytics(config=config).streams
+        assert sorted(extractors[name]["select"]) == sorted(f"{s}.*" for s in streams)
