@@ -23,6 +23,9 @@ from tap_analytics.errors import (
 )
 from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
 
+if t.TYPE_CHECKING:
+    from tap_analytics.concurrency import RateLimiter
+
 # Ask for a new token this long before the old one expires (or a quarter of its
 # lifetime when that is shorter), so a request never leaves with a token that
 # expires in flight.
@@ -51,6 +54,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         client_secret: str,
         timeout: float,
         backoff_factor: float,
+        rate_limiter: RateLimiter,
     ) -> None:
         super().__init__(
             auth_endpoint=token_url,
@@ -58,6 +62,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             client_secret=client_secret,
         )
         self._timeout = timeout
+        self._rate_limiter = rate_limiter  # token requests count against the limit
         # The token request gets the same retry policy as data requests.
         self._post_with_retries = backoff.on_exception(
             functools.partial(backoff_waits, backoff_factor),
@@ -127,6 +132,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
 
     def _post_once(self, *, json_body: bool) -> requests.Response:
         payload = self.oauth_request_payload
+        number = self._rate_limiter.before_request()
         response = self._session.post(
             self.auth_endpoint,
             headers=self._oauth_headers,
@@ -134,6 +140,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             json=payload if json_body else None,
             data=None if json_body else payload,
         )
+        self._rate_limiter.after_response(number, response)
         if response.status_code in RETRY_STATUSES:
             raise RetriableAPIError(describe_failure(response), response)
         return response
