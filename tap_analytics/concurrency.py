@@ -116,11 +116,11 @@ class Prefetcher:
 
     _live: t.ClassVar[weakref.WeakSet[Prefetcher]] = weakref.WeakSet()
 
-    def __init__(self, max_workers: int, page_buffer: int = PAGE_BUFFER) -> None:
+    def __init__(self, max_workers: int) -> None:
         # Parents read ahead of the one being written: enough to keep every worker
         # busy; the page bound, not this, is what keeps memory flat.
         self._lookahead = max_workers
-        self._page_buffer = page_buffer
+        self._page_buffer = PAGE_BUFFER
         self._max_workers = max_workers
         self._workers: list[threading.Thread] = []
         self._cond = threading.Condition()
