@@ -61,7 +61,8 @@ def test_deleted_workflows_and_jobs_are_skipped_with_one_warning_each(
         v3_deleted_jobs=3,
     )
     gone = server.deleted
-    assert len(gone["workflows"]) == 2 and len(gone["jobs"]) == 3
+    assert len(gone["workflows"]) == 2
+    assert len(gone["jobs"]) == 3
     run = run_cli(config=v3_config(server), tmp_path=tmp_path)
 
     assert run.returncode == 0, run.stderr[-2000:]
@@ -71,11 +72,13 @@ def test_deleted_workflows_and_jobs_are_skipped_with_one_warning_each(
     assert len(warnings) == 5, warnings
     for uid in gone["workflows"]:
         (line,) = [w for w in warnings if uid in w]
-        assert f"workflows '{uid}'" in line and f"/v3/workflows/{uid}/jobs" in line
+        assert f"workflows '{uid}'" in line
+        assert f"/v3/workflows/{uid}/jobs" in line
         assert "404" in line
     for uid in gone["jobs"]:
         (line,) = [w for w in warnings if uid in w]
-        assert f"successful_jobs '{uid}'" in line and f"/v3/jobs/{uid}/results" in line
+        assert f"successful_jobs '{uid}'" in line
+        assert f"/v3/jobs/{uid}/results" in line
     # Nothing of a deleted parent was asked for twice: a 404 is not retried.
     child_paths = [r["path"] for r in server.requests if r["status"] == 404]
     assert len(child_paths) == len(set(child_paths)) == 5
@@ -91,7 +94,11 @@ def test_skipped_parents_are_counted_in_the_run_stats(sandbox):
 def test_a_job_deleted_while_its_results_are_read_keeps_the_pages_read(
     sandbox, tmp_path
 ):
-    config = {"v3_workflows": 2, "v3_results_per_job": 60, "v3_results_page_size": 25}
+    config: dict[str, Any] = {
+        "v3_workflows": 2,
+        "v3_results_per_job": 60,
+        "v3_results_page_size": 25,
+    }
     data = generate(SandboxConfig(**config)).as_dict()["v3"]
     job = next(j["uid"] for j in data["jobs"] if successful(j))
     path = f"/v3/jobs/{job}/results"
@@ -105,7 +112,8 @@ def test_a_job_deleted_while_its_results_are_read_keeps_the_pages_read(
     expected = expected_keys(data, gone_jobs={job})["job_results"] + first_page
     assert sorted(results) == sorted(expected)
     (warning,) = [line for line in run.stderr.splitlines() if "WARNING" in line]
-    assert job in warning and "after 25 records" in warning
+    assert job in warning
+    assert "after 25 records" in warning
     assert [r["status"] for r in server.requests if r["path"] == path] == [200, 404]
 
 
