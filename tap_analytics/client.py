@@ -222,8 +222,6 @@ class AnalyticsStream(RESTStream[t.Any]):
         return value  # backoff_waits jitters computed waits, never Retry-After
 
     def backoff_handler(self, details: Details) -> None:
-        if concurrency.abandoned():
-            return
         failure = details.get("exception")
         request = details["args"][0] if details.get("args") else None
         url = safe_url(getattr(request, "url", "") or self.path or "")
@@ -280,8 +278,6 @@ class ChildStream(AnalyticsStream):
         except ParentGoneError as exc:
             assert context is not None  # only child requests raise it
             self.analytics_tap.run_stats.count_skipped_parent(self.name)
-            if concurrency.abandoned():
-                return
             parent = getattr(self.parent_stream_type, "name", "?")  # a class attribute
             when = f" after {records} records" if records else ""
             self.log(

@@ -37,6 +37,7 @@ import collections
 import copy
 import heapq
 import itertools
+import logging
 import threading
 import time
 import typing as t
@@ -79,13 +80,15 @@ def mark_page_end(records: list[Record]) -> list[Record]:
     return records
 
 
-def abandoned() -> bool:
-    """True in a worker of a pool cancelled by :meth:`Prefetcher.cancel_all`.
+class _QuietWhenAbandoned(logging.Filter):
+    """Drops log records of workers of a cancelled pool (see ``cancel_all``)."""
 
-    Such a worker only finishes its request in flight: it must not log.
-    """
-    pool = getattr(_worker, "pool", None)
-    return pool is not None and pool.closed
+    def filter(self, record: logging.LogRecord) -> bool:
+        pool = getattr(_worker, "pool", None)
+        return pool is None or not pool.closed
+
+
+_QUIET_WHEN_ABANDONED = _QuietWhenAbandoned()
 
 
 class _Fetch:
@@ -184,12 +187,23 @@ class Prefetcher:
         """Abandon every pool at once (a failure or an interrupt ends the run).
 
         Queued requests are dropped; requests in flight are not waited for: workers
-        are daemon threads, finish quietly (see :func:`abandoned`) and exit.
+        are daemon threads and exit once their request is answered. Whatever they
+        would log from now on (a retry, the SDK's request metrics) is dropped, so
+        the run's last line on stderr stays the one that says why it ended.
         """
+        handlers = logging.getLogger().handlers
+        for handler in handlers:
+            handler.addFilter(_QUIET_WHEN_ABANDONED)
         for prefetcher in list(cls._live):
             with prefetcher._cond:
                 prefetcher.closed = True
             prefetcher._drop_all()
+        # A worker may have been allowed a line just before: give it the GIL for
+        # a moment to take the handler's lock, then wait until it has written.
+        time.sleep(0.01)
+        for handler in handlers:
+            handler.acquire()
+            handler.release()
 
     def _read(self, fetch: _Fetch, *, last: bool) -> Iterator[Record]:
         index = 0
