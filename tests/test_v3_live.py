@@ -11,7 +11,7 @@ from tap_analytics import concurrency
 from tap_analytics.sandbox import SandboxConfig
 from tap_analytics.sandbox.data import generate
 from tap_analytics.tap import TapAnalytics
-from tests.tap_runner import Output, run_cli, sync, v3_config
+from tests.tap_runner import Output, run_cli, sync, v1_config, v3_config
 
 
 def successful(job: dict[str, Any]) -> bool:
@@ -161,3 +161,16 @@ def test_a_server_rate_limit_of_40_per_second_is_respected(sandbox, client_limit
     served = statuses.count(200)
     assert statuses.count(429) <= 0.05 * len(statuses), statuses.count(429)
     assert wall <= 1.3 * served / 40, (wall, served)
+
+
+def test_max_requests_per_second_paces_token_and_data_requests(sandbox):
+    server = sandbox()  # family v1: a token request, then data requests
+    sync(v1_config(server, page_size=50, max_requests_per_second=20))
+    log = server.requests
+    assert log[0]["path"] == "/token"
+    assert len(log) >= 10
+    # The token request took a slot too: the first data request waited for the next.
+    assert log[1]["time"] - log[0]["time"] >= 0.025
+    # Requests leave 50 ms apart; arrival can jitter, never bunch up overall.
+    span = log[-1]["time"] - log[0]["time"]
+    assert span >= 0.8 * (len(log) - 1) / 20, (span, len(log))
