@@ -1,14 +1,14 @@
 """Benchmark tap-analytics against a plain ``requests`` loop, both on the sandbox API.
 
-    python scripts/bench.py [--scenario v1-bulk|v3-latency|all] [--scale 1.0]
+    python scripts/bench.py [--scenario NAME|all] [--scale 1.0]
                             [--repeat 1] [--smoke]
 
 For each scenario one sandbox runs as a separate process for the whole scenario, and
 each contender runs as a subprocess with stdout to /dev/null, so interpreter startup
 and peak RSS count the same way for all of them:
 
-- ``tap``: the real ``tap-analytics --config cfg.json`` (v3 also ``tap (serial)``,
-  with ``max_concurrent_requests: 1``);
+- ``tap``: the real ``tap-analytics --config cfg.json``, with each scenario's tap
+  settings (v3-latency: also ``tap (serial)``, ``max_concurrent_requests: 1``);
 - ``plain loop``: ``python scripts/bench.py --plain-loop SCENARIO BASE_URL``, which
   fetches the same pages one after another and writes one JSON line per record.
 
@@ -72,6 +72,8 @@ class Scenario:
     settings: dict[str, int]  # sandbox settings, named as SandboxConfig fields
     smoke: dict[str, int]  # the same, tiny enough for --smoke
     scaled: tuple[str, ...]  # the data sizes that --scale multiplies
+    # (label, tap settings) of each tap run; the plain loop always runs last.
+    taps: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     def sandbox_settings(self, *, smoke: bool, scale: float) -> dict[str, int]:
         base = self.smoke if smoke else self.settings
@@ -122,6 +124,62 @@ SCENARIOS = {
             "v3_results_page_size": 25,
         },
         scaled=("v3_workflows",),
+        taps=(
+            # 8 is the tap's default; the serial run shows what concurrency buys.
+            ("tap", {"max_concurrent_requests": 8}),
+            ("tap (serial)", {"max_concurrent_requests": 1}),
+        ),
+    ),
+    # Large results (issue 11): peak RSS must not grow with results per job, nor
+    # with the number of workers.
+    "v3-large": Scenario(
+        name="v3-large",
+        family="v3",
+        settings={
+            "latency_ms": 0,
+            "v3_workflows": 40,
+            "v3_jobs_per_workflow": 20,
+            "v3_results_per_job": 4_000,
+            "v3_results_page_size": 200,
+        },
+        smoke={
+            "latency_ms": 0,
+            "v3_workflows": 3,
+            "v3_jobs_per_workflow": 4,
+            "v3_results_per_job": 450,
+            "v3_results_page_size": 200,
+        },
+        scaled=("v3_workflows",),
+        taps=tuple(
+            (f"tap ({workers} workers)", {"max_concurrent_requests": workers})
+            for workers in (32, 8, 1)
+        ),
+    ),
+    # v3-latency's data behind a server that allows 40 requests/s (issue 11).
+    "v3-rate-limit": Scenario(
+        name="v3-rate-limit",
+        family="v3",
+        settings={
+            "latency_ms": 20,
+            "v3_workflows": 20,
+            "v3_jobs_per_workflow": 20,
+            "v3_results_per_job": 50,
+            "v3_results_page_size": 25,
+            "rate_limit_per_second": 40,
+        },
+        smoke={
+            "latency_ms": 20,
+            "v3_workflows": 3,
+            "v3_jobs_per_workflow": 5,
+            "v3_results_per_job": 50,
+            "v3_results_page_size": 25,
+            "rate_limit_per_second": 40,
+        },
+        scaled=("v3_workflows",),
+        taps=(
+            ("tap", {}),
+            ("tap (40/s)", {"max_requests_per_second": 40}),
+        ),
     ),
 }
 
@@ -139,7 +197,8 @@ class Measurement:
     cpu: float
     peak_rss_mb: float
     records: int
-    requests: int
+    requests: int  # answered, 429s not counted
+    rejected: int  # answered 429
     sandbox_cpu: float | None
     others_cpu: float | None
 
@@ -166,6 +225,9 @@ def plain_loop(scenario: str, base_url: str) -> None:
 
     def get(url: str, params: dict[str, Any] | None = None) -> Any:
         response = session.get(url, params=params, timeout=60)
+        while response.status_code == 429:  # v3-rate-limit: wait as told, again
+            time.sleep(float(response.headers["Retry-After"]))
+            response = session.get(url, params=params, timeout=60)
         response.raise_for_status()
         return response.json()
 
@@ -316,12 +378,17 @@ class Sandbox:
             f"{self.base_url}/_sandbox/clear-requests", timeout=60
         ).raise_for_status()
 
-    def request_count(self) -> int:
+    def request_counts(self) -> tuple[int, int]:
+        """Requests answered other than 429, and requests answered 429."""
         response = self._control.get(f"{self.base_url}/_sandbox/requests", timeout=60)
         response.raise_for_status()
-        return sum(
-            not entry["path"].startswith("/_sandbox/") for entry in response.json()
-        )
+        statuses = [
+            entry["status"]
+            for entry in response.json()
+            if not entry["path"].startswith("/_sandbox/")
+        ]
+        rejected = statuses.count(429)
+        return len(statuses) - rejected, rejected
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the sandbox so far (None off Linux)."""
@@ -369,11 +436,8 @@ def _contenders(scenario: Scenario, base_url: str, workdir: Path) -> list[Conten
         credentials = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
         taps.append(tap("tap", {**credentials, "page_size": PAGE_SIZE}))
     else:
-        # 8 is the tap's default; the serial run shows what the concurrency buys.
-        taps.append(tap("tap", {"api_key": API_KEY, "max_concurrent_requests": 8}))
-        taps.append(
-            tap("tap (serial)", {"api_key": API_KEY, "max_concurrent_requests": 1})
-        )
+        for label, settings in scenario.taps:
+            taps.append(tap(label, {"api_key": API_KEY, **settings}))
     loop = Contender(
         "plain loop",
         (sys.executable, __file__, "--plain-loop", scenario.name, base_url),
@@ -431,12 +495,14 @@ def measure(contender: Contender, sandbox: Sandbox, workdir: Path) -> Measuremen
         raise ChildFailedError(f"exit {report['exit']}:\n{_stderr_tail(stderr_path)}")
     metrics = (json.loads(m) for m in _METRIC.findall(stderr_path.read_text()))
     cpu = report["cpu"]
+    requests, rejected = sandbox.request_counts()
     return Measurement(
         wall=report["wall"],
         cpu=cpu,
         peak_rss_mb=_rss_mb(report["maxrss"]),
         records=sum(m["value"] for m in metrics if m["metric"] == "record_count"),
-        requests=sandbox.request_count(),
+        requests=requests,
+        rejected=rejected,
         sandbox_cpu=sandbox_cpu,
         others_cpu=(
             None
@@ -506,15 +572,15 @@ def _median(values: list[float | None]) -> float | None:
 def table(outcomes: list[Outcome]) -> str:
     rows = [
         "| run | wall s | ratio to plain loop | records/s | peak RSS MB | requests "
-        "| CPU s | sandbox CPU s | others' CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| 429s | CPU s | sandbox CPU s | others' CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     loop = outcomes[-1]
     loop_wall = statistics.median(r.wall for r in loop.runs) if loop.runs else None
     for outcome in outcomes:
         label = outcome.contender.label
         if outcome.failure is not None:
-            rows.append(f"| {label} | FAILED | | | | | | | |")
+            rows.append(f"| {label} | FAILED | | | | | | | | |")
             continue
         runs = outcome.runs
         wall = statistics.median(r.wall for r in runs)
@@ -526,6 +592,7 @@ def table(outcomes: list[Outcome]) -> str:
             _cell(records / wall, 0),
             _cell(max(r.peak_rss_mb for r in runs), 1),
             f"{runs[-1].requests:,}",
+            f"{max(r.rejected for r in runs):,}",
             _cell(statistics.median(r.cpu for r in runs), 2),
             _cell(_median([r.sandbox_cpu for r in runs]), 2),
             _cell(_median([r.others_cpu for r in runs]), 2),

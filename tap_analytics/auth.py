@@ -16,6 +16,7 @@ import requests
 from singer_sdk.authenticators import OAuthAuthenticator
 from singer_sdk.exceptions import RetriableAPIError
 
+from tap_analytics.concurrency import mount_rate_limited
 from tap_analytics.errors import (
     TapAnalyticsError,
     connection_problem,
@@ -23,14 +24,10 @@ from tap_analytics.errors import (
     raise_if_untrusted,
     safe_url,
 )
-from tap_analytics.retry import (
-    MAX_ATTEMPTS,
-    RETRY_STATUSES,
-    backoff_waits,
-    mount_without_transport_retries,
-)
+from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
 
 if t.TYPE_CHECKING:
+    from tap_analytics.concurrency import RateLimiter
     from tap_analytics.run_stats import RunStats
 
 # Ask for a new token this long before the old one expires (or a quarter of its
@@ -61,6 +58,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         client_secret: str,
         timeout: float,
         backoff_factor: float,
+        rate_limiter: RateLimiter,
         run_stats: RunStats,
     ) -> None:
         super().__init__(
@@ -69,10 +67,10 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             client_secret=client_secret,
         )
         self._timeout = timeout
-        # The SDK mounts urllib3 retries on https:// for the token session; the
-        # token request gets the same retry policy as data requests instead.
-        mount_without_transport_retries(self._session)
-        self._run_stats = run_stats
+        # Token requests count against the run's rate limit, and the SDK's own
+        # urllib3 retries on https:// (10 tries) give way to the policy below.
+        mount_rate_limited(self._session, rate_limiter)
+        # The token request gets the same retry policy as data requests.
         self._post_with_retries = backoff.on_exception(
             functools.partial(backoff_waits, backoff_factor),
             (requests.ConnectionError, requests.Timeout, RetriableAPIError),
@@ -154,7 +152,6 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         except requests.exceptions.SSLError as exc:
             raise_if_untrusted(exc)
             raise
-        self._run_stats.count_request()
         if response.status_code in RETRY_STATUSES:
             raise RetriableAPIError(describe_failure(response), response)
         return response

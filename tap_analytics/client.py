@@ -17,6 +17,7 @@ from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
 
+from tap_analytics import concurrency
 from tap_analytics.auth import ClientCredentialsAuthenticator
 from tap_analytics.errors import (
     APIResponseError,
@@ -25,12 +26,7 @@ from tap_analytics.errors import (
 )
 from tap_analytics.logs import DEMOTE_SDK_NOISE, ProgressRecordCounter, StreamProgress
 from tap_analytics.responses import json_body, records_in
-from tap_analytics.retry import (
-    MAX_ATTEMPTS,
-    RETRY_STATUSES,
-    backoff_waits,
-    mount_without_transport_retries,
-)
+from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
 from tap_analytics.urls import is_absolute_url, safe_url
 
 if t.TYPE_CHECKING:
@@ -45,6 +41,10 @@ if t.TYPE_CHECKING:
 
 class TokenRejectedError(APIResponseError):
     """A data request got 401 although a token was sent."""
+
+
+class ParentGoneError(APIResponseError):
+    """A child request got 404: its parent was deleted after it was listed."""
 
 
 class AnalyticsStream(RESTStream[t.Any]):
@@ -76,11 +76,12 @@ class AnalyticsStream(RESTStream[t.Any]):
             or True
         )
         session.trust_env = False
-        # One pooled connection per concurrent request (tap_analytics.prefetch).
+        # One pooled connection per concurrent request (tap_analytics.concurrency),
+        # every request paced by the run's rate limiter.
         workers = int(self.analytics_tap.setting("max_concurrent_requests"))
-        mount_without_transport_retries(session, pool_maxsize=workers)
-        run_stats = self.analytics_tap.run_stats
-        session.hooks["response"].append(lambda _, **__: run_stats.count_request())
+        concurrency.mount_rate_limited(
+            session, self.analytics_tap.rate_limiter, pool_maxsize=workers
+        )
         self._logged_once: set[str] = set()
         self.logger.addFilter(DEMOTE_SDK_NOISE)
 
@@ -168,10 +169,11 @@ class AnalyticsStream(RESTStream[t.Any]):
             return super()._request(prepared_request, context)
 
     def parse_response(self, response: requests.Response) -> Iterable[dict[str, t.Any]]:
-        return records_in(json_body(response), self.records_key)
+        records = records_in(json_body(response), self.records_key)
+        return concurrency.mark_page_end(records)  # a pool worker hands pages over
 
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
-        # Children may have been fetched ahead (tap_analytics.prefetch); a parent
+        # Children may have been fetched ahead (tap_analytics.concurrency); a parent
         # reads its own records a few ahead so its children's requests overlap.
         prefetcher = self.analytics_tap.prefetcher
         prefetched = prefetcher.take(self, context)
@@ -299,6 +301,41 @@ class ChildStream(AnalyticsStream):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.state_partitioning_keys = []  # one state entry, whatever the parent
+
+    def validate_response(self, response: requests.Response) -> None:
+        if response.status_code == 404:
+            raise ParentGoneError(describe_failure(response))
+        super().validate_response(response)
+
+    def request_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
+        """The SDK's pages, except that a parent deleted since it was listed is skipped.
+
+        On a live API a parent can be deleted between being listed and its children
+        being asked for (API.md, "A live API"); that is not a failure of the run.
+        A 404 on a later page means the parent was deleted while its pages were
+        read: the records already read are kept (they existed when the run
+        started), the rest no longer exists anywhere.
+        """
+        records = 0
+        try:
+            for record in super().request_records(context):
+                records += record is not concurrency.PAGE_END
+                yield record
+        except ParentGoneError as exc:
+            assert context is not None  # only child requests raise it
+            self.analytics_tap.run_stats.count_skipped_parent(self.name)
+            parent = getattr(self.parent_stream_type, "name", "?")  # a class attribute
+            when = f" after {records} records" if records else ""
+            self.log(
+                "Skipping %s %s of %s '%s', gone since it was listed: %s%s",
+                "the rest" if records else "the",
+                self.name,
+                parent,
+                context["parent_id"],
+                exc,
+                when,
+                level=logging.WARNING,
+            )
 
     def post_process(
         self,

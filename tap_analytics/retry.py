@@ -4,7 +4,8 @@ The SDK retries 5 times with its own exponential factor and ignores
 ``Retry-After``; the contract asks for at most 3 retries (4 attempts), waits of
 ``factor * 2**(n-1)`` seconds and a server's ``Retry-After`` taking precedence.
 The SDK's backoff hooks call :func:`backoff_waits`; nothing else retries: every
-session the tap sends through gets :func:`mount_without_transport_retries`.
+session the tap sends through is mounted by
+:func:`tap_analytics.concurrency.mount_rate_limited`, which never retries.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import typing as t
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 
-from requests.adapters import HTTPAdapter
 from singer_sdk.exceptions import RetriableAPIError
 
 if t.TYPE_CHECKING:
@@ -72,18 +72,3 @@ def backoff_waits(factor: float) -> Generator[float, BaseException | None, None]
         hinted = retry_after_seconds(response)
         computed = factor * 2 ** (retry - 1) * (1 + random.uniform(0, JITTER))
         failure = yield computed if hinted is None else hinted
-
-
-def mount_without_transport_retries(
-    session: requests.Session, pool_maxsize: int = 10
-) -> None:
-    """Make ``session`` send each request once, leaving retries to this module.
-
-    A retry below requests (urllib3's ``Retry``) multiplies the attempts this
-    policy counts and sleeps for any ``Retry-After`` without its cap: the SDK's
-    OAuth authenticator mounts one (10 tries) on ``https://``, which made an
-    unreachable token URL take minutes to fail.
-    """
-    adapter = HTTPAdapter(pool_maxsize=pool_maxsize, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)

@@ -21,6 +21,7 @@ from singer_sdk.exceptions import FatalAPIError, MappingError, RetriableAPIError
 from singer_sdk.singerlib import StateMessage
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
+from tap_analytics.concurrency import Prefetcher, RateLimiter
 from tap_analytics.errors import (
     ConfigError,
     TapAnalyticsError,
@@ -31,7 +32,6 @@ from tap_analytics.errors import (
 from tap_analytics.interrupts import RunInterrupted, raise_interrupted, resumable_state
 from tap_analytics.logs import DEMOTE_SDK_NOISE
 from tap_analytics.output import BufferedMsgSpecWriter
-from tap_analytics.prefetch import Prefetcher
 from tap_analytics.retry import MAX_ATTEMPTS
 from tap_analytics.run_stats import RunStats
 from tap_analytics.streams import V1_STREAMS, V3_STREAMS
@@ -172,6 +172,15 @@ class TapAnalytics(Tap):
             description="v3: child requests in flight at once; 1 makes them serial.",
         ),
         th.Property(
+            "max_requests_per_second",
+            th.NumberType(exclusive_minimum=0),
+            description=(
+                "Requests per second at most, all threads and token requests "
+                "together. Unset: no client-side limit (the server's RateLimit "
+                "headers and 429 Retry-After are followed either way)."
+            ),
+        ),
+        th.Property(
             "retry_backoff_factor",
             th.NumberType(minimum=0),
             default=2,
@@ -294,6 +303,7 @@ class TapAnalytics(Tap):
             client_secret=self.config["client_secret"],
             timeout=float(self.setting("request_timeout")),
             backoff_factor=float(self.setting("retry_backoff_factor")),
+            rate_limiter=self.rate_limiter,
             run_stats=self.run_stats,
         )
 
@@ -301,6 +311,14 @@ class TapAnalytics(Tap):
     def run_stats(self) -> RunStats:
         """Counters of this run (requests, retries, skipped parents)."""
         return RunStats()
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        """The run's one rate limiter, shared by every request of every thread."""
+        return RateLimiter(
+            self.setting("max_requests_per_second"),
+            on_request=self.run_stats.count_request,
+        )
 
     @cached_property
     def prefetcher(self) -> Prefetcher:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import bisect
 import json
+import math
 import random
 import secrets
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
@@ -113,6 +114,11 @@ class Api:
         self._scripted_left = [
             int(fault.get("times", 1)) for fault in config.scripted_faults
         ]
+        self._scripted_after = [
+            int(fault.get("after", 0)) for fault in config.scripted_faults
+        ]
+        self._window_end = 0.0  # rate limit: fixed 1-second windows
+        self._window_count = 0
         self._cursors = CursorCodec(config.seed)
         self._end_marker = _END_MARKERS[config.end_marker]
         self._jobs = _JobIndex(config, dataset)
@@ -135,6 +141,23 @@ class Api:
         }
         self._pages: dict[tuple[str, int], bytes] = {}
         self._dataset_body: tuple[int, bytes] | None = None  # (jobs version, body)
+        # A live API: parents listed, then deleted before their children are read.
+        rng = random.Random(config.seed + 2)
+        workflow_uids = [w["uid"] for w in dataset.workflows]
+        self.deleted_workflows = set(
+            rng.sample(
+                workflow_uids, min(config.v3_deleted_workflows, len(workflow_uids))
+            )
+        )
+        listed_jobs = [
+            job["uid"]
+            for job in dataset.v3_jobs
+            if job["workflow_uid"] not in self.deleted_workflows
+            and dataset.job_results[job["uid"]]
+        ]
+        self.deleted_jobs = set(
+            rng.sample(listed_jobs, min(config.v3_deleted_jobs, len(listed_jobs)))
+        )
 
     def bind(self, base_url: str) -> None:
         """Point absolute URLs at the server, dropping pages rendered for another."""
@@ -153,11 +176,14 @@ class Api:
         if self.config.latency_ms:
             time.sleep(self.config.latency_ms / 1000)
         pairs = parse_qsl(url.query, keep_blank_values=True)
+        limited, rate_headers = self._rate_limit(arrival)
         try:
-            response = self._respond(request, url.path, pairs)
+            response = limited or self._respond(request, url.path, pairs)
         except Exception:  # a sandbox bug should reach the client as a 500
             traceback.print_exc()
             response = _error(500, "sandbox internal error")
+        if rate_headers:
+            response = replace(response, headers=response.headers + rate_headers)
         query: dict[str, list[str]] = {}
         for name, value in pairs:
             secret = any(word in name.lower() for word in _SECRET_WORDS)
@@ -219,10 +245,40 @@ class Api:
                 return "v3", lambda params: self._v3_results(uid, params)
         return None
 
+    def _rate_limit(
+        self, now: float
+    ) -> tuple[Response | None, tuple[tuple[str, str], ...]]:
+        """A 429 beyond the limit, and the RateLimit headers of every answer.
+
+        Fixed 1-second windows; a refused request does not count. The reset is
+        sent with milliseconds, so a client can use a 1-second window fully.
+        """
+        limit = self.config.rate_limit_per_second
+        if not limit:
+            return None, ()
+        with self._lock:
+            if now >= self._window_end:
+                self._window_end, self._window_count = now + 1.0, 0
+            refused = self._window_count >= limit
+            self._window_count += not refused
+            left, reset = limit - self._window_count, self._window_end - now
+        headers = (
+            ("RateLimit-Limit", str(limit)),
+            ("RateLimit-Remaining", str(left)),
+            ("RateLimit-Reset", f"{reset:.3f}"),
+        )
+        if not refused:
+            return None, headers
+        retry_after = (("Retry-After", str(math.ceil(reset))),)
+        return _error(429, "rate limit exceeded", retry_after), headers
+
     def _scripted_fault(self, path: str) -> Response | None:
         with self._lock:
             for index, fault in enumerate(self.config.scripted_faults):
                 if fault["path"] == path and self._scripted_left[index] > 0:
+                    if self._scripted_after[index] > 0:
+                        self._scripted_after[index] -= 1
+                        continue
                     self._scripted_left[index] -= 1
                     break
             else:
@@ -385,13 +441,15 @@ class Api:
 
     def _v3_workflow_jobs(self, workflow_uid: str) -> Response:
         body = self._workflow_jobs.get(workflow_uid)
+        if workflow_uid in self.deleted_workflows:
+            body = None
         return (
             _error(404, "workflow not found") if body is None else Response(200, body)
         )
 
     def _v3_results(self, job_uid: str, params: Params) -> Response:
         items = self._results.get(job_uid)
-        if items is None:
+        if items is None or job_uid in self.deleted_jobs:
             return _error(404, "job not found")
         scope = f"job_results/{job_uid}"
         size = self.config.v3_results_page_size

@@ -36,11 +36,16 @@ _HELP = {
     "v3_results_page_size": "page size of v3 job results",
     "v3_data_shape": 'v3 workflows/jobs body as {"data": [...]} or the bare array',
     "v3_bare_results": "v3 job results as bare rows (no job_result_id, extracted_at)",
+    "v3_deleted_workflows": "v3 workflows listed whose jobs answer 404 (deleted since)",
+    "v3_deleted_jobs": "successful v3 jobs listed whose results answer 404 (deleted)",
+    "rate_limit_per_second": "requests allowed per 1-second window (0: no limit); "
+    "RateLimit-Limit/-Remaining/-Reset on every answer, 429 and Retry-After beyond",
     "fault_rate": "probability that a data request gets a 429/500/502/503/504",
     "fault_retry_after": "Retry-After header of injected 429s",
     "max_consecutive_faults": "injected faults in a row for one URL, then it is served",
-    "scripted_faults": 'JSON list of {"path", "status", "headers", "times"}: the '
-    "first `times` requests for `path` get `status` and `headers`",
+    "scripted_faults": 'JSON list of {"path", "status", "headers", "times", "after"}: '
+    "the first `times` requests for `path` (after the first `after`) get `status` "
+    "and `headers`",
     "token_ttl": "lifetime of issued tokens in seconds",
     "loop_cursor": "stream whose second page repeats the first page's cursor",
     "html_paths": "paths answered with 200 and an HTML login page",

@@ -32,6 +32,9 @@ class SandboxConfig:
     v3_results_page_size: int = 25
     v3_data_shape: V3DataShape = "list"
     v3_bare_results: bool = False
+    v3_deleted_workflows: int = 0
+    v3_deleted_jobs: int = 0
+    rate_limit_per_second: int = 0
     fault_rate: float = 0.0
     fault_retry_after: str = "0"
     max_consecutive_faults: int = 2
@@ -61,6 +64,9 @@ class SandboxConfig:
             "v3_workflows",
             "v3_jobs_per_workflow",
             "v3_results_per_job",
+            "v3_deleted_workflows",
+            "v3_deleted_jobs",
+            "rate_limit_per_second",
             "max_consecutive_faults",
             "latency_ms",
             "token_ttl",

@@ -293,6 +293,14 @@ class SandboxServer:
         self._api.freeze()
 
     @property
+    def deleted(self) -> dict[str, set[str]]:
+        """Uids listed but answering 404 for their children: workflows and jobs."""
+        return {
+            "workflows": self._api.deleted_workflows,
+            "jobs": self._api.deleted_jobs,
+        }
+
+    @property
     def requests(self) -> list[RequestRecord]:
         """A snapshot of the request log, in arrival order."""
         return self._api.request_log()

@@ -1,0 +1,496 @@
+"""Everything concurrent in one place: the page pool and the run's rate limiter.
+
+**Page pool.** The SDK syncs a parent's children one parent record at a time, so a
+latency-bound API (v3: workflows → jobs → job results) would be walked one request
+after another. Here a top-level parent's records are read a few ahead, and the
+requests of their children (and of the children's children) run in a pool of
+``max_concurrent_requests`` worker threads. A worker fetches one *page* at a time
+and hands it over; the main thread reads each request's pages in order and the SDK
+writes every SCHEMA, RECORD and STATE message from it, in its usual order. Retries
+happen inside the workers.
+
+Memory has one bound, :data:`PAGE_BUFFER`: pages requested or fetched and not yet
+read by the main thread, over the whole run. A worker reserves a place before it
+requests a page; without one it puts the request back and takes another, so no
+worker ever waits while holding a request. Requests are taken earliest first in
+the main thread's reading order, and the request the main thread is waiting for
+may always take one page beyond the bound: it can always progress, so the bound
+can never stall the run. Memory therefore depends neither on the results per
+request, nor on the number of parents, nor on the number of workers.
+
+Streams that read the same request for the same parent (v3 ``jobs`` and
+``successful_jobs``) share one fetch: its pages are kept until the last reader has
+read them (earlier readers get copies), so such a request should be small.
+
+**Rate limiter.** One :class:`RateLimiter` per run paces every request of every
+thread (data and token requests): an optional client-side limit, and whatever the
+server says (``RateLimit-*``/``X-RateLimit-*`` headers, 429 with ``Retry-After``)
+makes every thread wait, not only the one that got the answer.
+
+This module imports only the leaf :mod:`tap_analytics.retry` (for ``Retry-After``),
+so any module, :mod:`tap_analytics.auth` included, can use it.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import heapq
+import itertools
+import logging
+import threading
+import time
+import typing as t
+import weakref
+
+from requests.adapters import HTTPAdapter
+
+from tap_analytics.retry import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
+    import requests
+    from singer_sdk.helpers.types import Context
+    from singer_sdk.streams import Stream
+
+    from tap_analytics.client import AnalyticsStream
+
+Record = dict[str, t.Any]
+#: Where a fetch sits in the main thread's reading order: the index of each
+#: ancestor record, outermost first (tuples compare in that order).
+Order = tuple[int, ...]
+
+#: Pages requested or fetched ahead and not yet read by the main thread, whole run.
+#: At 100-200 records a page this is a few MB, whatever the data and the workers.
+PAGE_BUFFER = 32
+# A worker with nothing to do for this long ends; the next request starts one.
+IDLE_WORKER_SECONDS = 1.0
+
+# In a pool worker, parse_response ends each non-empty page with this marker, so the
+# worker sees where a page ends before the SDK requests the next one.
+PAGE_END: t.Final[Record] = {}
+_worker = threading.local()
+
+
+def mark_page_end(records: list[Record]) -> list[Record]:
+    """``records``, followed by :data:`PAGE_END` when read by a pool worker."""
+    if records and getattr(_worker, "pool", None) is not None:
+        return [*records, PAGE_END]
+    return records
+
+
+class _QuietWhenAbandoned(logging.Filter):
+    """Drops log records of workers of a cancelled pool (see ``cancel_all``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        pool = getattr(_worker, "pool", None)
+        return pool is None or not pool.closed
+
+
+_QUIET_WHEN_ABANDONED = _QuietWhenAbandoned()
+
+
+class _Fetch:
+    """One request's pages: produced by workers, read in order by the main thread."""
+
+    def __init__(
+        self,
+        order: Order,
+        start: Callable[[], Iterable[Record]],
+        on_page: Callable[[_Fetch, list[Record]], None],
+        readers: int,
+    ) -> None:
+        self.order = order
+        self.start = start
+        self.on_page = on_page
+        self.source: Iterator[Record] | None = None
+        self.pages: list[list[Record] | None] = []  # None: read by every reader
+        self.records_seen = 0  # gives each record's children their order
+        self.readers = readers
+        self.readers_taken = 0
+        self.finished = False
+        self.generation = 0  # dropped once the pool's generation moves on
+        self.error: BaseException | None = None
+
+
+class Prefetcher:
+    """Fetches the children of upcoming parent records while the main thread writes."""
+
+    _live: t.ClassVar[weakref.WeakSet[Prefetcher]] = weakref.WeakSet()
+
+    def __init__(self, max_workers: int) -> None:
+        # Parents read ahead of the one being written: enough to keep every worker
+        # busy; the page bound, not this, is what keeps memory flat.
+        self._lookahead = max_workers
+        self._page_buffer = PAGE_BUFFER
+        self._max_workers = max_workers
+        self._workers: list[threading.Thread] = []
+        self._cond = threading.Condition()
+        self._queue: list[tuple[Order, int, _Fetch]] = []  # runnable, earliest first
+        self._sequence = itertools.count()
+        self._fetches: dict[str, _Fetch] = {}  # by URL, until the last reader takes it
+        self._buffered = 0  # pages reserved or held: the number PAGE_BUFFER bounds
+        self._waited_on: _Fetch | None = None  # what the main thread is blocked on
+        self._in_flight = 0  # pages being requested by workers right now
+        self._generation = 0  # moves on when everything fetched so far is dropped
+        self.closed = False
+        self._live.add(self)
+
+    # --- main thread ---------------------------------------------------------------
+
+    def take(
+        self, stream: AnalyticsStream, context: Context | None
+    ) -> Iterator[Record] | None:
+        """The records fetched ahead for ``stream`` in ``context``, if any."""
+        if context is None:
+            return None
+        url = stream.get_url(context)
+        with self._cond:
+            fetch = self._fetches.get(url)
+            if fetch is None:
+                return None
+            reader = fetch.readers_taken
+            fetch.readers_taken += 1
+            if fetch.readers_taken == fetch.readers:
+                del self._fetches[url]
+        return self._read(fetch, last=reader == fetch.readers - 1)
+
+    def read_ahead(
+        self,
+        parent: AnalyticsStream,
+        context: Context | None,
+        records: Iterable[Record],
+    ) -> Iterator[Record]:
+        """Yield ``records``; for a top-level parent, the next few's children in flight.
+
+        The children of fetched records are submitted by the worker that fetched them.
+        """
+        if context is not None or not parent.child_streams:
+            yield from records
+            return
+        window: collections.deque[Record] = collections.deque()
+        try:
+            for index, record in enumerate(records):
+                self._submit_children(parent, record, context, (index,))
+                window.append(record)
+                if len(window) > self._lookahead:
+                    yield window.popleft()
+            yield from window
+        finally:
+            # Every descendant has been synced (or the sync was abandoned, as --test
+            # does after a few records): drop what nobody will read.
+            self._drop_all()
+
+    @classmethod
+    def cancel_all(cls) -> None:
+        """Abandon every pool at once (a failure or an interrupt ends the run).
+
+        Queued requests are dropped; requests in flight are not waited for: workers
+        are daemon threads and exit once their request is answered. Whatever they
+        would log from now on (a retry, the SDK's request metrics) is dropped, so
+        the run's last line on stderr stays the one that says why it ended.
+        """
+        handlers = logging.getLogger().handlers
+        for handler in handlers:
+            handler.addFilter(_QUIET_WHEN_ABANDONED)
+        for prefetcher in list(cls._live):
+            with prefetcher._cond:
+                prefetcher.closed = True
+            prefetcher._drop_all()
+        # A worker may have been allowed a line just before: give it the GIL for
+        # a moment to take the handler's lock, then wait until it has written.
+        time.sleep(0.01)
+        for handler in handlers:
+            handler.acquire()
+            handler.release()
+
+    def _read(self, fetch: _Fetch, *, last: bool) -> Iterator[Record]:
+        index = 0
+        while True:
+            with self._cond:
+                while index >= len(fetch.pages) and not fetch.finished:
+                    self._waited_on = fetch
+                    self._cond.notify_all()
+                    self._cond.wait()
+                self._waited_on = None
+                if index >= len(fetch.pages):
+                    if fetch.error is not None:
+                        raise fetch.error
+                    return
+                page = fetch.pages[index]
+                assert page is not None  # only the last reader releases pages
+                if last:
+                    fetch.pages[index] = None
+                    self._buffered -= 1
+                    self._cond.notify_all()
+            index += 1
+            # The SDK edits records in place (deselected properties, stream maps),
+            # so a reader that is not the last gets its own copy.
+            yield from (page if last else copy.deepcopy(page))
+
+    def _drop_all(self) -> None:
+        with self._cond:
+            self._generation += 1
+            for _, _, fetch in self._queue:
+                # End a suspended request now, so the SDK's request metric is
+                # logged before the run's last line, not whenever it is collected.
+                close = getattr(fetch.source, "close", None)
+                if close is not None:
+                    close()
+            self._queue.clear()
+            self._fetches.clear()
+            # Pages in flight release their reservation when their worker sees
+            # that their fetch was dropped; every other page is gone now.
+            self._buffered = self._in_flight
+            self._cond.notify_all()
+
+    # --- submitting (main thread for top-level parents, workers below) -------------
+
+    def _submit_children(
+        self, parent: Stream, record: Record, context: Context | None, order: Order
+    ) -> None:
+        # Same decisions the SDK makes before syncing children: the parent's filter
+        # (post_process, on a copy), its stream map's filter and its child context.
+        kept = parent.post_process(dict(record), context)
+        if kept is None or not parent.stream_maps[0].get_filter_result(kept):
+            return
+        child_context = parent.get_child_context(kept, context)
+        if child_context is None:
+            return
+        readers: dict[str, list[AnalyticsStream]] = collections.defaultdict(list)
+        for child in parent.child_streams:
+            if child.selected or child.has_selected_descendents:
+                child = t.cast("AnalyticsStream", child)
+                readers[child.get_url(child_context)].append(child)
+        for url, streams in readers.items():
+            self.submit(url, order, streams, child_context)
+
+    def submit(
+        self,
+        key: str,
+        order: Order,
+        readers: list[AnalyticsStream],
+        context: Context,
+    ) -> None:
+        """Fetch the pages of ``readers[0]``'s request in ``context`` in the pool.
+
+        ``key`` (the request's URL) is how :meth:`take` finds it; ``order`` is where
+        the main thread will read it. The children of each fetched record are
+        submitted as its page arrives.
+        """
+
+        def on_page(fetch: _Fetch, page: list[Record]) -> None:
+            for record in page:
+                child_order = (*fetch.order, fetch.records_seen)
+                fetch.records_seen += 1
+                for reader in readers:
+                    if reader.child_streams:
+                        self._submit_children(reader, record, context, child_order)
+
+        fetch = _Fetch(
+            order, lambda: readers[0].request_records(context), on_page, len(readers)
+        )
+        with self._cond:
+            if self.closed or key in self._fetches:
+                return
+            fetch.generation = self._generation
+            self._fetches[key] = fetch
+            self._enqueue(fetch)
+            if len(self._workers) < self._max_workers:
+                worker = threading.Thread(
+                    target=self._work, name="prefetch", daemon=True
+                )
+                self._workers.append(worker)
+                worker.start()
+            self._cond.notify_all()
+
+    # --- workers -----------------------------------------------------------------
+
+    def _enqueue(self, fetch: _Fetch) -> None:
+        heapq.heappush(self._queue, (fetch.order, next(self._sequence), fetch))
+
+    def _next(self) -> _Fetch | None:
+        """The earliest request with room for one more page (lock held); waits."""
+        while not self.closed:
+            if self._queue and self._buffered < self._page_buffer:
+                fetch = heapq.heappop(self._queue)[2]
+            elif self._waited_on is not None and any(
+                entry[2] is self._waited_on for entry in self._queue
+            ):
+                # Beyond the bound, but the main thread cannot go on without it.
+                fetch = self._waited_on
+                self._queue = [e for e in self._queue if e[2] is not fetch]
+                heapq.heapify(self._queue)
+            elif self._cond.wait(timeout=IDLE_WORKER_SECONDS) or self._queue:
+                continue
+            else:  # idle: end, so finished runs leave no threads behind
+                self._workers.remove(threading.current_thread())
+                return None
+            self._buffered += 1  # reserved before the request is made
+            self._in_flight += 1
+            return fetch
+        return None
+
+    def _work(self) -> None:
+        _worker.pool = self
+        while True:
+            with self._cond:
+                fetch = self._next()
+            if fetch is None:
+                return
+            page, finished, error = self._fetch_page(fetch)
+            if page and fetch.generation == self._generation:
+                fetch.on_page(fetch, page)
+            with self._cond:
+                self._in_flight -= 1
+                dropped = fetch.generation != self._generation
+                if dropped or not page:
+                    self._buffered -= 1  # reservation unused
+                else:
+                    fetch.pages.append(page)
+                if dropped:
+                    fetch.source = None
+                elif finished:
+                    fetch.finished = True
+                    fetch.error = error
+                    fetch.source = None
+                else:
+                    self._enqueue(fetch)
+                self._cond.notify_all()
+
+    @staticmethod
+    def _fetch_page(
+        fetch: _Fetch,
+    ) -> tuple[list[Record], bool, BaseException | None]:
+        """The next page, whether it was the last, and the failure that ended it."""
+        page: list[Record] = []
+        try:
+            if fetch.source is None:
+                fetch.source = iter(fetch.start())
+            for record in fetch.source:
+                if record is PAGE_END:
+                    return page, False, None
+                page.append(record)
+        except Exception as exc:  # raised again in the main thread, in order
+            return page, True, exc
+        return page, True, None
+
+
+class RateLimiter:
+    """Paces every request of a run, from every thread.
+
+    ``per_second`` spaces requests evenly (no bursts). Independently, the server's
+    word is followed: when a response says no request is left in its window
+    (``RateLimit-Remaining: 0``), or a 429 names a ``Retry-After``, every thread
+    waits until then. The server's count is corrected by the requests sent since the
+    one it answered, so threads stop before the limit instead of after it.
+    """
+
+    def __init__(
+        self,
+        per_second: float | None,
+        on_request: Callable[[], None] | None = None,
+    ) -> None:
+        self._interval = 1.0 / per_second if per_second else 0.0
+        self._on_request = on_request
+        self._lock = threading.Lock()
+        self._next_slot = 0.0  # monotonic time of the next request (per_second)
+        self._paused_until = 0.0  # after a 429 with Retry-After
+        self._sent = 0  # requests sent so far; numbers each request
+        self._left: int | None = None  # the server's count, less requests sent since
+        self._window_end = 0.0  # when the server's count resets
+
+    def before_request(self) -> int:
+        """Wait until a request may go; return its number for :meth:`after_response`."""
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                if now >= self._window_end:
+                    self._left = None
+                until = self._paused_until
+                if self._left is not None and self._left <= 0:
+                    until = max(until, self._window_end)
+                if until <= now:
+                    slot = max(now, self._next_slot)
+                    self._next_slot = slot + self._interval
+                    if self._left is not None:
+                        self._left -= 1
+                    self._sent += 1
+                    number = self._sent
+                    break
+            time.sleep(until - now)
+        if self._on_request is not None:
+            self._on_request()
+        if slot > now:
+            time.sleep(slot - now)
+        return number
+
+    def after_response(self, number: int, response: requests.Response) -> None:
+        """Learn from a response what the server allows (request ``number``)."""
+        headers = response.headers
+        remaining = _header_number(headers, "RateLimit-Remaining")
+        reset = _reset_seconds(headers)
+        retry_after = (
+            retry_after_seconds(response) if response.status_code == 429 else None
+        )
+        if remaining is None and retry_after is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if remaining is not None and reset is not None:
+                self._window_end = now + reset
+                # Requests sent after this one were not counted by the server yet.
+                self._left = int(remaining) - (self._sent - number)
+            if retry_after is not None:
+                self._paused_until = max(self._paused_until, now + retry_after)
+
+
+class RateLimitedAdapter(HTTPAdapter):
+    """A connection pool whose every request (retries too) is paced by a limiter."""
+
+    def __init__(self, limiter: RateLimiter, **kwargs: t.Any) -> None:
+        self._limiter = limiter
+        super().__init__(**kwargs)
+
+    def send(
+        self, request: requests.PreparedRequest, *args: t.Any, **kwargs: t.Any
+    ) -> requests.Response:
+        number = self._limiter.before_request()
+        response = super().send(request, *args, **kwargs)
+        self._limiter.after_response(number, response)
+        return response
+
+
+def mount_rate_limited(
+    session: requests.Session, limiter: RateLimiter, pool_maxsize: int = 10
+) -> None:
+    """Send every request of ``session`` once, through ``limiter``.
+
+    Retries belong to :mod:`tap_analytics.retry` alone. A retry below requests
+    (urllib3's ``Retry``) would multiply the attempts that policy counts and sleep
+    for any ``Retry-After`` without its cap: the SDK's OAuth authenticator mounts
+    one (10 tries) on ``https://``, which made an unreachable token URL take
+    minutes to fail. ``max_retries=0`` says so explicitly.
+    """
+    adapter = RateLimitedAdapter(limiter, pool_maxsize=pool_maxsize, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+
+def _header_number(headers: t.Mapping[str, str], name: str) -> float | None:
+    """``name`` or its older ``X-`` form, as a number; None if absent or garbled."""
+    value = headers.get(name) or headers.get(f"X-{name}")
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
+
+
+def _reset_seconds(headers: t.Mapping[str, str]) -> float | None:
+    reset = _header_number(headers, "RateLimit-Reset")
+    if reset is None:
+        return None
+    if reset > 1_000_000_000:  # X-RateLimit-Reset as a Unix time (GitHub's way)
+        reset -= time.time()
+    return min(max(reset, 0.0), MAX_RETRY_AFTER_SECONDS)
