@@ -27,6 +27,8 @@ RUN = (
     "cat > config-v3.json <<EOF",
     "echo '{}' > state.json",
     "cat > config-mapped.json <<EOF",
+    "python -m tap_analytics.sandbox --tls --ca-file sandbox-ca.pem --port 0 "
+    "--ready-file tls.url &",
 )
 MELTANO = "Meltano and PostgreSQL (tests/e2e runs meltano run into PostgreSQL)"
 # Not run here, word for word, with what they need.
@@ -136,6 +138,7 @@ def test_readme_blocks_run_as_written(tmp_path):
     results = sum(len(rows) for rows in data["v3"]["job_results"].values())
     assert counts[1] == str(results) == "390"
     assert counts[2] == str(null_connections) == "30"
+    assert counts[3] == str(total)  # the same sync over HTTPS
 
     # State: the second run resumed from the first's bookmark.
     state = json.loads((tmp_path / "state.json").read_text())
