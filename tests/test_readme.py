@@ -1,9 +1,11 @@
 """The README's shell examples work as written (issue 12).
 
-Every fenced ``bash`` block of README.md is either run here, in README order, in
-one shell in a temporary directory with the tap installed (the blocks start the
-sandbox themselves), or listed in ``NOT_RUN`` word for word with the service it
-needs. A block in neither place fails the test: a README edit must say which.
+Every fenced ``bash`` block of README.md is either run here (``RUN``), in README
+order, in one shell in a temporary directory with the tap installed (the blocks
+start the sandbox themselves); or run by tests/e2e/test_readme_meltano.py
+(``RUN_IN_E2E``: Meltano into a throwaway PostgreSQL database); or listed in
+``NOT_RUN`` word for word with what it needs (the real API, a network install). A
+block in none of them fails the test: a README edit must say which.
 """
 
 from __future__ import annotations
