@@ -3,8 +3,8 @@
 - ``meltano``: runs ``scripts/meltano-setup.sh`` once per session (Meltano in
   ``.venv-meltano``, plugins in ``.meltano/``; a few seconds when already installed).
 - ``pg_database``: a throwaway PostgreSQL database from ``scripts/pg-test-db.sh``,
-  dropped at teardown. Without PostgreSQL the test is skipped; under ``CI=true`` it
-  fails instead.
+  dropped at teardown; ``new_pg_database`` names ones the test creates itself (also
+  dropped). Without PostgreSQL the test is skipped; under ``CI=true`` it fails instead.
 - ``e2e_sandbox``: the sandbox API in this process, on a free loopback port.
 - ``meltano_env``: the environment for a Meltano subprocess: the sandbox's credentials,
   a fresh Meltano system database (so no state leaks in from other runs) and nothing
@@ -25,7 +25,7 @@ import pytest
 from tap_analytics.sandbox import SandboxConfig, SandboxServer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
@@ -182,6 +182,31 @@ def pg_database() -> Iterator[PgDatabase]:
     finally:
         if not os.environ.get("E2E_KEEP_DATABASE"):
             _pg_script("drop", name)
+
+
+@pytest.fixture(scope="module")
+def new_pg_database() -> Iterator[Callable[[], PgDatabase]]:
+    """Makes connection info for databases that do not exist yet (a test creates them
+    itself, as the README does); every one of them is dropped at teardown."""
+    server = _pg_script("ensure")
+    names: list[str] = []
+
+    def make() -> PgDatabase:
+        names.append(f"e2e_{uuid.uuid4().hex[:12]}")
+        return PgDatabase(
+            host=server["PGHOST"],
+            port=int(server["PGPORT"]),
+            user=server["PGUSER"],
+            password=server["PGPASSWORD"],
+            dbname=names[-1],
+        )
+
+    try:
+        yield make
+    finally:
+        if not os.environ.get("E2E_KEEP_DATABASE"):
+            for name in names:
+                _pg_script("drop", name)
 
 
 @pytest.fixture(scope="module")
