@@ -1,0 +1,202 @@
+"""v1 ``jobs`` in time windows fetched concurrently, emitted in ``lastUpdatedAt`` order.
+
+Keyset paging is one request after another: page n+1 starts after page n's last
+job. Over a network that is one round trip per page. Here the range from the
+bookmark (or ``start_date``, or the oldest job) to now is cut into windows
+``[start, end)`` by ``lastUpdatedAt``; each window is keyset-paged on its own, all
+of them in the run's page pool (:class:`~tap_analytics.concurrency.Prefetcher`,
+same workers, same bound on buffered pages), and the main thread reads them one
+after another, so records, and the SDK's sorted-stream bookmark, still go in
+``lastUpdatedAt`` order.
+
+- **Window 0** is the unbounded list from the start: its first page is needed
+  anyway and says where the jobs begin and how dense they are. A full first page
+  splits the rest of the range, up to now, into windows of about
+  :data:`WINDOW_PAGES` pages at that density; the last window is open-ended.
+- **Large windows split again**: after each full page a window estimates its
+  remaining pages from that page's span; beyond ``2 * WINDOW_PAGES`` it keeps
+  the first part and hands the rest to new windows (real data is skewed: recent
+  weeks hold most jobs). A split happens before the window's next request.
+- **A window ends** where the next begins: the API has no upper bound, so the
+  paginator drops the jobs at or past ``end`` and stops on the page that reached
+  them. That page is the one extra request a window may cost.
+- **The end of the list** (a short or empty page) seen by any window means that
+  nothing was above its last job at that moment, so every later window is empty or
+  holds only jobs that changed since (above all others): they are dropped, and
+  their jobs are above the bookmark this run ends with, so the next run reads them.
+  Jobs that change while the run reads them move above all others, past every
+  window still being read or into the last one, which keyset paging handles as
+  in a serial read (issue 10).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import math
+import threading
+import typing as t
+from dataclasses import dataclass
+
+from tap_analytics.pagination import JobsKeysetPaginator
+
+if t.TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tap_analytics.client import AnalyticsStream
+    from tap_analytics.concurrency import Prefetcher
+
+Record = dict[str, t.Any]
+
+#: Pages a window is planned to hold. A window costs up to one page beyond its
+#: jobs (the page that passes its end, half a page on average), so more windows
+#: mean more requests; fewer mean less overlap, since a window is read page after
+#: page and the pool's page bound holds only so many pages ahead of the reader.
+WINDOW_PAGES = 8
+#: Windows a split creates at most: a guess from one page must not create
+#: thousands of windows (each an empty request if the guess was far off).
+MAX_SPLIT = 256
+_ONE_SECOND = datetime.timedelta(seconds=1)
+
+
+@dataclass(eq=False)
+class Window:
+    """One ``[start, end)`` slice of ``jobs``, keyset-paged by its own paginator."""
+
+    key: str
+    paginator: JobsKeysetPaginator
+    next: Window | None = None
+    first: datetime.datetime | None = None  # its first job's instant
+    pages: int = 0  # full pages received
+
+    @property
+    def context(self) -> dict[str, str]:
+        return {"window": self.key}
+
+
+class KeysetWindows:
+    """Schedules the windows of one sync of ``jobs`` and reads them in order."""
+
+    def __init__(
+        self,
+        stream: AnalyticsStream,
+        prefetcher: Prefetcher,
+        since: datetime.datetime | None,
+        page_size: int,
+        now: datetime.datetime,
+    ) -> None:
+        self._stream = stream
+        self._prefetcher = prefetcher
+        self._page_size = page_size
+        self._now = now
+        self._lock = threading.Lock()  # the chain of windows, split by workers
+        self._windows: dict[str, Window] = {}
+        self._numbers = itertools.count()
+        self._first = self._open(since, None)
+
+    def paginator(self, context: t.Mapping[str, t.Any]) -> JobsKeysetPaginator:
+        """The paginator of the window that ``context`` names."""
+        return self._windows[context["window"]].paginator
+
+    def records(self) -> Iterator[Record]:
+        """Every window's jobs, window after window (main thread)."""
+        window: Window | None = self._first
+        self._submit(self._first)
+        try:
+            while window is not None:
+                pages = self._prefetcher.take_key(window.key)
+                assert pages is not None, f"window {window.key} was dropped"
+                yield from pages
+                with self._lock:
+                    ended = window.paginator.reached_end_of_list
+                    window = None if ended else window.next
+        finally:
+            self._prefetcher.discard(list(self._windows))  # what nobody will read
+
+    # --- workers, between two pages of a window --------------------------------
+
+    def _open(
+        self, start: datetime.datetime | None, end: datetime.datetime | None
+    ) -> Window:
+        key = f"window-{next(self._numbers)}"
+        window = Window(
+            key,
+            JobsKeysetPaginator(
+                self._stream.name,
+                start,
+                self._page_size,
+                end,
+                on_page=lambda instants: self._after_page(window, instants),
+            ),
+        )
+        self._windows[key] = window
+        return window
+
+    def _submit(self, window: Window) -> None:
+        start = window.paginator.since
+        # Read in start order; every window sorts before the streams after `jobs`.
+        moment = -1 if start is None else int(start.timestamp() * 1_000_000)
+        self._prefetcher.submit(window.key, (0, moment), [self._stream], window.context)
+
+    def _after_page(self, window: Window, instants: list[datetime.datetime]) -> None:
+        """Drop what follows the end of the list; split a window that looks large."""
+        if window.paginator.reached_end_of_list:
+            with self._lock:
+                later = []
+                while window.next is not None:
+                    window = window.next
+                    later.append(window.key)
+            self._prefetcher.discard(later)
+            return
+        window.pages += 1
+        window.first = window.first or instants[0]
+        if window is self._first and window.pages < WINDOW_PAGES:
+            return  # a handful of pages is read as one window
+        bounds = self._split_points(window, instants[-1])
+        if not bounds:
+            return
+        with self._lock:
+            end = window.paginator.end
+            new = [
+                self._open(start, stop)
+                for start, stop in zip(bounds, [*bounds[1:], end], strict=True)
+            ]
+            window.paginator.end = bounds[0]
+            for earlier, later_window in zip(
+                [window, *new], [*new, window.next], strict=True
+            ):
+                earlier.next = later_window
+        for added in new:
+            self._submit(added)
+
+    def _split_points(
+        self, window: Window, last: datetime.datetime
+    ) -> list[datetime.datetime]:
+        """Where to cut the rest of ``window``, its last job received at ``last``.
+
+        The pages received estimate the density; the open-ended window is planned
+        up to now (a job changed during the run is later: the last window reads it).
+        """
+        paginator = window.paginator
+        assert window.first is not None
+        span = (last - window.first) / window.pages
+        end = paginator.end or self._now
+        if span <= datetime.timedelta(0) or end <= last:
+            return []
+        pages = (end - last) / span
+        if pages <= 2 * WINDOW_PAGES:
+            return []
+        count = min(math.ceil(pages / WINDOW_PAGES), MAX_SPLIT)
+        step = (end - last) / count
+        # Whole seconds (as the API writes them), above the last job received.
+        bounds = {_whole_second(last + step * number) for number in range(1, count)}
+        return sorted(
+            bound
+            for bound in bounds
+            if bound > last and (paginator.end is None or bound < paginator.end)
+        )
+
+
+def _whole_second(moment: datetime.datetime) -> datetime.datetime:
+    """``moment`` rounded up to a whole second."""
+    return datetime.datetime.fromtimestamp(math.ceil(moment.timestamp()), datetime.UTC)
