@@ -89,6 +89,8 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         self.reached_end_of_list = False
         self._passed_end = False
         self._instants: list[datetime.datetime] = []
+        #: How long the last page took to answer.
+        self.request_seconds = 0.0
         # Called with each page's instants once the paginator knows whether the
         # list goes on: before the next page is requested, so it may lower `end`.
         self._on_page = on_page
@@ -114,6 +116,7 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             last = instant
         self._page_end = self._keyset_after(jobs, last)
         self._instants = instants
+        self.request_seconds = response.elapsed.total_seconds()
         if not jobs:  # the SDK calls has_more only after a page with records
             self.reached_end_of_list = True
             if self._on_page is not None:

@@ -76,8 +76,10 @@ class V1JobsStream(AnalyticsStream):
             self._since,
             self.page_size,
             datetime.datetime.now(datetime.UTC),
+            # Once the network is known to be what takes the time, the streams
+            # after this one are fetched too, while this one is written.
+            on_first_split=lambda: self.analytics_tap.prefetch_streams_after(self),
         )
-        self.analytics_tap.prefetch_streams_after(self)
         return self._windows.records()
 
     def request_records(self, context: Context | None) -> Iterable[Record]:
