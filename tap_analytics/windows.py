@@ -57,6 +57,8 @@ WINDOW_PAGES = 8
 #: Windows a split creates at most: a guess from one page must not create
 #: thousands of windows (each an empty request if the guess was far off).
 MAX_SPLIT = 256
+#: Jobs a density estimate needs at least (a few jobs' span says little).
+MIN_SAMPLE_JOBS = 100
 #: What writing a job costs the main thread, about (50,000 records/s on v1-bulk).
 WRITE_SECONDS_PER_RECORD = 20e-6
 _ONE_SECOND = datetime.timedelta(seconds=1)
@@ -91,7 +93,7 @@ class KeysetWindows:
         on_first_split: Callable[[], None],
     ) -> None:
         self._stream = stream
-        self._on_first_split = on_first_split
+        self._on_first_split: Callable[[], None] | None = on_first_split
         self._prefetcher = prefetcher
         self._page_size = page_size
         self._now = now
@@ -167,8 +169,9 @@ class KeysetWindows:
         bounds = self._split_points(window, instants[-1])
         if not bounds:
             return
-        if window is self._first:
+        if self._on_first_split is not None:
             self._on_first_split()
+            self._on_first_split = None
         with self._lock:
             end = window.paginator.end
             new = [
@@ -180,6 +183,13 @@ class KeysetWindows:
                 [window, *new], [*new, window.next], strict=True
             ):
                 earlier.next = later_window
+        self._stream.logger.debug(
+            "Split a window of %s at %s: %d more windows up to %s",
+            self._stream.name,
+            instants[-1],
+            len(new),
+            end or "the end of the list",
+        )
         for added in new:
             self._submit(added)
 
@@ -208,6 +218,8 @@ class KeysetWindows:
         up to now (a job changed during the run is later: the last window reads it).
         """
         paginator = window.paginator
+        if window.pages * self._page_size < MIN_SAMPLE_JOBS:
+            return []
         assert window.first is not None
         span = (last - window.first) / window.pages
         end = paginator.end or self._now
