@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import itertools
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import requests
 from singer_sdk.pagination import OffsetPaginator
 
@@ -105,11 +107,11 @@ def offset_sync(config: dict[str, Any], state: dict[str, Any] | None = None) -> 
 
 
 def three_live_runs(
-    server: SandboxServer, run: Callable[..., Output]
+    server: SandboxServer, run: Callable[..., Output], **settings: Any
 ) -> dict[int, datetime.datetime]:
     """Run 1 full; 5,000 jobs move; run 2 while jobs move and appear on every
     page; freeze; run 3 from run 2's state. The last version of each job emitted."""
-    config = v1_config(server)
+    config = v1_config(server, **settings)
     first = run(config)
     server.move_jobs(5_000)
     second = run(config, state=first.final_state)
@@ -121,13 +123,36 @@ def three_live_runs(
 
 LIVE = {"v1_jobs": 20_000, "live_moves_per_page": 3, "live_adds_per_page": 1}
 
+# Serial keyset paging, and concurrent windows (tap_analytics.windows) with default
+# settings. The tap uses windows only when pages take longer to arrive than to
+# write, so the concurrent runs get a sandbox that answers in 5 ms instead of 0.
+MODES = [
+    pytest.param({"max_concurrent_requests": 1}, 0, id="serial"),
+    pytest.param({}, 5, id="windows"),
+]
 
-def test_keyset_paging_emits_the_current_version_of_every_job(sandbox):
-    server = sandbox(**LIVE)
-    emitted = three_live_runs(server, sync)
+
+def paged_in_windows(server: SandboxServer) -> bool:
+    """Whether jobs pages were requested out of order (one serial keyset walk
+    asks ever later ``updatedAtStart``; windows ask several at once)."""
+    starts = [
+        datetime.datetime.fromisoformat(query["updatedAtStart"][0])
+        for query in jobs_requests(server)
+        if "updatedAtStart" in query
+    ]
+    return any(later < earlier for earlier, later in itertools.pairwise(starts))
+
+
+@pytest.mark.parametrize(("settings", "latency_ms"), MODES)
+def test_keyset_paging_emits_the_current_version_of_every_job(
+    sandbox, settings, latency_ms
+):
+    server = sandbox(**LIVE, latency_ms=latency_ms)
+    emitted = three_live_runs(server, sync, **settings)
     current = current_jobs(server)
     assert len(current) > 20_000  # jobs were added while pages were served
     assert emitted == current  # every jobId, each at its current lastUpdatedAt
+    assert paged_in_windows(server) == (settings == {})
 
 
 def test_offset_paging_loses_jobs_in_the_same_three_runs(sandbox):
@@ -192,12 +217,16 @@ def _complete_lines(raw: bytes) -> list[dict[str, Any]]:
     return messages
 
 
-def test_a_killed_sync_resumes_from_its_last_state(sandbox, tmp_path):
+@pytest.mark.parametrize(("settings", "latency_ms"), MODES)
+def test_a_killed_sync_resumes_from_its_last_state(
+    sandbox, tmp_path, settings, latency_ms
+):
     jobs, page_size = 100_000, 100
     full_run_pages = math.ceil(jobs / page_size)
-    server = sandbox(v1_jobs=jobs)
+    server = sandbox(v1_jobs=jobs, latency_ms=latency_ms)
+    config = v1_config(server, page_size=page_size, **settings)
     config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(v1_config(server, page_size=page_size)))
+    config_path.write_text(json.dumps(config))
     tap = os.path.join(os.path.dirname(sys.executable), "tap-analytics")
     stdout_path = tmp_path / "killed.jsonl"
     with stdout_path.open("wb") as stdout:
@@ -207,13 +236,20 @@ def test_a_killed_sync_resumes_from_its_last_state(sandbox, tmp_path):
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 120
-        while len(jobs_requests(server)) < 0.6 * full_run_pages:
-            assert process.poll() is None, "the tap ended before it was killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # Killed once 60 % of the jobs are on its stdout. (Serially that is also
+        # 60 % of the pages requested; windows request up to the pool's page
+        # bound ahead of what is written, and a kill loses those pages.)
+        written = 0
+        with stdout_path.open("rb") as output:
+            while written < 0.6 * jobs:
+                assert process.poll() is None, "the tap ended before it was killed"
+                assert time.monotonic() < deadline
+                written += output.read().count(b'"type":"RECORD","stream":"jobs"')
+                time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
         process.wait()
     killed_at = len(jobs_requests(server))
+    assert paged_in_windows(server) == (settings == {})
     killed = _complete_lines(stdout_path.read_bytes())
     states = [m["value"] for m in killed if m["type"] == "STATE"]
     assert states, "no STATE before the kill"
