@@ -18,6 +18,11 @@ may always take one page beyond the bound: it can always progress, so the bound
 can never stall the run. Memory therefore depends neither on the results per
 request, nor on the number of parents, nor on the number of workers.
 
+The same pool reads v1 ``jobs`` in time windows (:mod:`tap_analytics.windows`: one
+fetch per window, in ``lastUpdatedAt`` order) and the streams synced after it
+(:meth:`~tap_analytics.tap.TapAnalytics.prefetch_streams_after`), under the same
+bound; :meth:`Prefetcher.discard` drops windows nobody will read.
+
 Streams that read the same request for the same parent (v3 ``jobs`` and
 ``successful_jobs``) share one fetch: its pages are kept until the last reader has
 read them (earlier readers get copies), so such a request should be small.

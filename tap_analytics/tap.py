@@ -171,7 +171,10 @@ class TapAnalytics(Tap):
             "max_concurrent_requests",
             th.IntegerType(minimum=1),
             default=8,
-            description="v3: child requests in flight at once; 1 makes them serial.",
+            description=(
+                "Requests in flight at once: v1 `jobs` time windows and the "
+                "streams after it, v3 child requests; 1 makes every request serial."
+            ),
         ),
         th.Property(
             "max_requests_per_second",
