@@ -9,14 +9,18 @@ same workers, same bound on buffered pages), and the main thread reads them one
 after another, so records, and the SDK's sorted-stream bookmark, still go in
 ``lastUpdatedAt`` order.
 
-- **Window 0** is the unbounded list from the start: its first page is needed
-  anyway and says where the jobs begin and how dense they are. A full first page
-  splits the rest of the range, up to now, into windows of about
-  :data:`WINDOW_PAGES` pages at that density; the last window is open-ended.
+- **Window 0** is the unbounded list from the start, read by the main thread as
+  a serial read would. It says where the jobs begin and how dense they are. After
+  :data:`WINDOW_PAGES` full pages, and only if its pages take longer to arrive
+  than to write (:data:`WRITE_SECONDS_PER_RECORD`), the rest of the range, up to
+  now, is split into windows of about :data:`WINDOW_PAGES` pages at that density;
+  the last window is open-ended. So a handful of pages, or a fast network, is read
+  request for request as with ``max_concurrent_requests: 1``.
 - **Large windows split again**: after each full page a window estimates its
-  remaining pages from that page's span; beyond ``2 * WINDOW_PAGES`` it keeps
-  the first part and hands the rest to new windows (real data is skewed: recent
-  weeks hold most jobs). A split happens before the window's next request.
+  remaining pages from the pages it has read (:data:`MIN_SAMPLE_JOBS` jobs at
+  least); beyond ``2 * WINDOW_PAGES`` it keeps the first part and hands the rest
+  to new windows (real data is skewed: recent weeks hold most jobs). A split
+  happens before the window's next request.
 - **A window ends** where the next begins: the API has no upper bound, so the
   paginator drops the jobs at or past ``end`` and stops on the page that reached
   them. That page is the one extra request a window may cost.
@@ -61,7 +65,6 @@ MAX_SPLIT = 256
 MIN_SAMPLE_JOBS = 100
 #: What writing a job costs the main thread, about (50,000 records/s on v1-bulk).
 WRITE_SECONDS_PER_RECORD = 20e-6
-_ONE_SECOND = datetime.timedelta(seconds=1)
 
 
 @dataclass(eq=False)

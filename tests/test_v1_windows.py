@@ -8,7 +8,8 @@ import json
 import logging
 import math
 
-from tests.tap_runner import sync, v1_config
+from tests.tap_runner import Output, run_cli, sync, v1_config
+from tests.test_v1 import instant
 from tests.test_v1_live import current_jobs, jobs_requests, paged_in_windows
 
 SPLIT = "Split a window of jobs"
@@ -59,3 +60,46 @@ def test_serial_and_windowed_runs_emit_the_same_records_and_bookmark(sandbox, ca
     paths = [r["path"] for r in server.requests]
     last_jobs = max(i for i, path in enumerate(paths) if path == "/v1/jobs")
     assert paths.index("/v1/connections") < last_jobs
+
+
+def test_a_window_that_fails_ends_the_run_after_the_windows_before_it(
+    sandbox, tmp_path
+):
+    # The 40th jobs request (a window past window 0) answers 403: fatal. The
+    # windows before it are written whole, in order, and nothing of the later
+    # ones; the last STATE stands at a job written, and a rerun from it completes.
+    server = sandbox(
+        v1_jobs=20_000,
+        latency_ms=5,
+        scripted_faults=[{"path": "/v1/jobs", "status": 403, "after": 39}],
+    )
+    config = v1_config(server)
+    run = run_cli(config=config, tmp_path=tmp_path)
+    assert run.returncode == 1
+    assert run.last_stderr_line.startswith("tap-analytics: error: ")
+    assert "403" in run.last_stderr_line
+    assert "/v1/jobs" in run.last_stderr_line
+    assert paged_in_windows(server)
+
+    out = Output.parse(run.stdout)
+    written = [
+        datetime.datetime.fromisoformat(job["lastUpdatedAt"])
+        for job in out.records["jobs"]
+    ]
+    assert written == sorted(written)
+    everything = {
+        job["jobId"]: instant(job["lastUpdatedAt"])
+        for job in server.dataset["v1"]["jobs"]
+    }
+    # Every job below the last one written, none above it (ties: some of them).
+    last = written[-1]
+    assert 0 < len(written) < len(everything)
+    below = {job for job, at in everything.items() if at < last}
+    at_last = {job for job, at in everything.items() if at == last}
+    assert below <= set(out.keys("jobs", "jobId")) <= below | at_last
+    bookmark = out.final_state["bookmarks"]["jobs"]["replication_key_value"]
+    assert datetime.datetime.fromisoformat(bookmark) <= last
+
+    rerun = sync(config, state=out.final_state)
+    emitted = set(out.keys("jobs", "jobId")) | set(rerun.keys("jobs", "jobId"))
+    assert emitted == set(everything)
