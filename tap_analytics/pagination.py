@@ -11,6 +11,7 @@ which caches it on the response, so a page is decoded once, not once per reader.
 
 from __future__ import annotations
 
+import time
 import typing as t
 from dataclasses import dataclass
 
@@ -89,8 +90,11 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         self.reached_end_of_list = False
         self._passed_end = False
         self._instants: list[datetime.datetime] = []
-        #: How long the last page took to answer.
+        #: How long the last page took to answer, and (read serially) to write:
+        #: the SDK writes a page's records between parsing it and has_more.
         self.request_seconds = 0.0
+        self.write_seconds = 0.0
+        self._parsed_at = 0.0
         # Called with each page's instants once the paginator knows whether the
         # list goes on: before the next page is requested, so it may lower `end`.
         self._on_page = on_page
@@ -117,6 +121,7 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         self._page_end = self._keyset_after(jobs, last)
         self._instants = instants
         self.request_seconds = response.elapsed.total_seconds()
+        self._parsed_at = time.monotonic()
         if not jobs:  # the SDK calls has_more only after a page with records
             self.reached_end_of_list = True
             if self._on_page is not None:
@@ -142,6 +147,7 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         return Keyset(last, ties)
 
     def has_more(self, response: requests.Response) -> bool:
+        self.write_seconds = time.monotonic() - self._parsed_at
         if self._passed_end:
             return False
         body = json_body(response)

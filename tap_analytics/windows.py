@@ -12,7 +12,7 @@ after another, so records, and the SDK's sorted-stream bookmark, still go in
 - **Window 0** is the unbounded list from the start, read by the main thread as
   a serial read would. It says where the jobs begin and how dense they are. After
   :data:`WINDOW_PAGES` full pages, and only if its pages take longer to arrive
-  than to write (:data:`WRITE_SECONDS_PER_RECORD`), the rest of the range, up to
+  than to write, the rest of the range, up to
   now, is split into windows of about :data:`WINDOW_PAGES` pages at that density;
   the last window is open-ended. So a handful of pages, or a fast network, is read
   request for request as with ``max_concurrent_requests: 1``.
@@ -63,8 +63,6 @@ WINDOW_PAGES = 8
 MAX_SPLIT = 256
 #: Jobs a density estimate needs at least (a few jobs' span says little).
 MIN_SAMPLE_JOBS = 100
-#: What writing a job costs the main thread, about (50,000 records/s on v1-bulk).
-WRITE_SECONDS_PER_RECORD = 20e-6
 
 
 @dataclass(eq=False)
@@ -76,7 +74,9 @@ class Window:
     next: Window | None = None
     first: datetime.datetime | None = None  # its first job's instant
     pages: int = 0  # full pages received
-    request_seconds: list[float] = field(default_factory=list)  # window 0's
+    # window 0's pages: how long each took to arrive, and to write
+    request_seconds: list[float] = field(default_factory=list)
+    write_seconds: list[float] = field(default_factory=list)
 
     @property
     def context(self) -> dict[str, str]:
@@ -201,16 +201,18 @@ class KeysetWindows:
 
         Not before :data:`WINDOW_PAGES` pages: a handful of pages is read as one
         window, request for request as a serial read. And only when waiting for
-        pages is what takes the time: at under :data:`WRITE_SECONDS_PER_RECORD`
-        per job a page arrives faster than the main thread writes it, so windows
-        would only add requests and thread switches (measured on v1-bulk: 25 %
-        more CPU, nothing gained).
+        pages is what takes the time, a page taking longer to arrive than to
+        write (medians, so one slow page decides nothing): else windows would only
+        add requests and thread switches (measured on v1-bulk, no latency: 25 %
+        more CPU, nothing gained). Both times grow alike on a busy machine.
         """
-        window.request_seconds.append(window.paginator.request_seconds)
+        paginator = window.paginator
+        window.request_seconds.append(paginator.request_seconds)
+        window.write_seconds.append(paginator.write_seconds)
         if window.pages < WINDOW_PAGES:
             return False
         waited = statistics.median(window.request_seconds[-WINDOW_PAGES:])
-        return waited >= self._page_size * WRITE_SECONDS_PER_RECORD
+        return waited > statistics.median(window.write_seconds[-WINDOW_PAGES:])
 
     def _split_points(
         self, window: Window, last: datetime.datetime

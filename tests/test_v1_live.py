@@ -125,10 +125,11 @@ LIVE = {"v1_jobs": 20_000, "live_moves_per_page": 3, "live_adds_per_page": 1}
 
 # Serial keyset paging, and concurrent windows (tap_analytics.windows) with default
 # settings. The tap uses windows only when pages take longer to arrive than to
-# write, so the concurrent runs get a sandbox that answers in 5 ms instead of 0.
+# write (about 2 ms for 100 jobs), so the concurrent runs get a sandbox that
+# answers in 10 ms instead of at once.
 MODES = [
     pytest.param({"max_concurrent_requests": 1}, 0, id="serial"),
-    pytest.param({}, 5, id="windows"),
+    pytest.param({}, 10, id="windows"),
 ]
 
 
@@ -172,11 +173,11 @@ def test_offset_paging_loses_jobs_in_the_same_three_runs(sandbox):
 # --- keyset pages: ties across pages, the lenient start, requests --------------
 
 
-@pytest.mark.parametrize("workers", [1, 8])
+@pytest.mark.parametrize(("workers", "latency_ms"), [(1, 0), (8, 2)])
 def test_tie_groups_longer_than_a_page_are_paged_by_offset_within_the_tie(
-    sandbox, workers
+    sandbox, workers, latency_ms
 ):
-    server = sandbox(v1_jobs=2_000)
+    server = sandbox(v1_jobs=2_000, latency_ms=latency_ms)
     config = v1_config(
         server,
         page_size=3,
@@ -199,15 +200,16 @@ def test_tie_groups_longer_than_a_page_are_paged_by_offset_within_the_tie(
             out.records["jobs"], 3, first=start.isoformat()
         )
     else:
-        # A page of 3 takes longer to arrive, even over loopback, than to write:
-        # windows are used, each costing at most one page beyond its jobs.
+        # A page of 3 takes longer to arrive (2 ms) than to write: windows are
+        # used, each costing at most one page beyond its jobs.
         assert paged_in_windows(server)
         assert len(queries) <= 1.1 * math.ceil(len(expected) / 3)
 
 
 def test_a_full_sync_of_20000_jobs_makes_ceil_n_over_limit_requests(sandbox):
     server = sandbox(v1_jobs=20_000)
-    out = sync(v1_config(server, page_size=250))
+    # Serial: concurrent windows cost up to a page each (see tests/test_v1_windows).
+    out = sync(v1_config(server, page_size=250, max_concurrent_requests=1))
     assert sorted(out.keys("jobs", "jobId")) == sorted(current_jobs(server))
     assert len(jobs_requests(server)) == math.ceil(20_000 / 250)
     # the bookmark advanced during the stream, not only at its end
@@ -413,7 +415,8 @@ def test_live_mode_is_deterministic_with_the_seed(sandbox):
     datasets = []
     for _ in range(2):
         server = sandbox(v1_jobs=200, live_moves_per_page=3, live_adds_per_page=1)
-        sync(v1_config(server, page_size=20))
+        # Serial: how many pages concurrent windows ask depends on timing.
+        sync(v1_config(server, page_size=20, max_concurrent_requests=1))
         server.move_jobs(10)
         datasets.append(server.dataset["v1"]["jobs"])
     assert datasets[0] == datasets[1]

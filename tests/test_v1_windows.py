@@ -16,10 +16,10 @@ SPLIT = "Split a window of jobs"
 
 
 def test_serial_and_windowed_runs_emit_the_same_records_and_bookmark(sandbox, caplog):
-    # Skewed data, as real data is: 30,000 jobs over a year, then 3,000 more
-    # within the hour above them. 5 ms per request: pages take longer to arrive
-    # than to write, so the default settings read in windows.
-    server = sandbox(v1_jobs=30_000, latency_ms=5)
+    # Skewed data, as real data is: 30,000 jobs over a year, then 3,000 of them
+    # moved within the hour above them. 10 ms per request: pages take longer to
+    # arrive than to write, so the default settings read in windows.
+    server = sandbox(v1_jobs=30_000, latency_ms=10)
     server.move_jobs(3_000)
     serial = sync(v1_config(server, max_concurrent_requests=1))
     assert not paged_in_windows(server)
@@ -70,7 +70,7 @@ def test_a_window_that_fails_ends_the_run_after_the_windows_before_it(
     # ones; the last STATE stands at a job written, and a rerun from it completes.
     server = sandbox(
         v1_jobs=20_000,
-        latency_ms=5,
+        latency_ms=10,
         scripted_faults=[{"path": "/v1/jobs", "status": 403, "after": 39}],
     )
     config = v1_config(server)
