@@ -203,7 +203,7 @@ class KeysetWindows:
         window, request for request as a serial read. And only when waiting for
         pages is what takes the time, a page taking longer to arrive than to
         write (medians, so one slow page decides nothing): else windows would only
-        add requests and thread switches (measured on v1-bulk, no latency: 25 %
+        add requests and thread switches (measured on v1-bulk, no latency: a third
         more CPU, nothing gained). Both times grow alike on a busy machine.
         """
         paginator = window.paginator
