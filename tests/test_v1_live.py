@@ -97,7 +97,8 @@ class _OffsetPagingTap(TapAnalytics):
 
 def offset_sync(config: dict[str, Any], state: dict[str, Any] | None = None) -> Output:
     buffer = io.StringIO()
-    tap = _OffsetPagingTap(config=config, state=state)
+    # Serial, as it was (windows are keyset paging's).
+    tap = _OffsetPagingTap(config={**config, "max_concurrent_requests": 1}, state=state)
     with contextlib.redirect_stdout(buffer):
         tap.sync_all()
     return Output.parse(buffer.getvalue())
