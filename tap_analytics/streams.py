@@ -58,6 +58,14 @@ class V1JobsStream(AnalyticsStream):
     def get_records(self, context: Context | None) -> Iterable[Record]:
         # Read the bookmark (or start_date) once per sync, not once per record.
         self._since = self.get_starting_timestamp(context)
+        # The SDK checks a sorted stream's order by comparing each record's value
+        # with the bookmark as text, and the job at the bookmark always comes back
+        # (updatedAtStart is inclusive): a bookmark written another way than the
+        # records (`…Z` from `meltano state set`) would fail every run. Write it
+        # the way records are written.
+        state = self.get_context_state(context)
+        if bookmark := state.get("replication_key_value"):
+            state["replication_key_value"] = normalize_timestamp(bookmark)[1]
         return super().get_records(context)
 
     @property

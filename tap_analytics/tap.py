@@ -17,7 +17,12 @@ from jsonschema import Draft202012Validator
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.authenticators import APIKeyAuthenticator
-from singer_sdk.exceptions import FatalAPIError, MappingError, RetriableAPIError
+from singer_sdk.exceptions import (
+    FatalAPIError,
+    InvalidStreamSortException,
+    MappingError,
+    RetriableAPIError,
+)
 from singer_sdk.singerlib import StateMessage
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
@@ -364,6 +369,8 @@ def failure_message(exc: BaseException) -> str | None:
         return f"{exc} (gave up after {MAX_ATTEMPTS} attempts)"
     if isinstance(exc, (TapAnalyticsError, FatalAPIError)):
         return str(exc)
+    if isinstance(exc, InvalidStreamSortException):
+        return f"records out of replication-key order: {exc}"
     if isinstance(exc, requests.RequestException):
         url = safe_url(exc.request.url) if exc.request and exc.request.url else "?"
         return (

@@ -196,3 +196,25 @@ def test_a_server_cap_on_limit_does_not_end_the_stream_early(sandbox):
     queries = [r["query"] for r in server.requests if r["path"] == "/v1/jobs"]
     # pages of the server's size, none lost
     assert keysets(queries) == expected_keysets(out.records["jobs"], 60)
+
+
+@pytest.mark.parametrize("suffix", ["Z", "+00:00", ".000000+00:00"])
+def test_a_bookmark_written_another_way_resumes_from_the_same_instant(sandbox, suffix):
+    # `meltano state set` or a hand-written state may spell the instant otherwise.
+    server = sandbox(v1_jobs=250)
+    jobs = server.dataset["v1"]["jobs"]
+    latest = max(instant(j["lastUpdatedAt"]) for j in jobs)
+    bookmark = latest.strftime("%Y-%m-%dT%H:%M:%S") + suffix
+    state = {
+        "bookmarks": {
+            "jobs": {
+                "replication_key": "lastUpdatedAt",
+                "replication_key_value": bookmark,
+            }
+        }
+    }
+    out = sync(v1_config(server), state=state)
+    expected = sorted(j["jobId"] for j in jobs if instant(j["lastUpdatedAt"]) == latest)
+    assert sorted(out.keys("jobs", "jobId")) == expected
+    final = out.final_state["bookmarks"]["jobs"]["replication_key_value"]
+    assert datetime.datetime.fromisoformat(final) == latest
