@@ -8,7 +8,8 @@ each contender runs as a subprocess with stdout to /dev/null, so interpreter sta
 and peak RSS count the same way for all of them:
 
 - ``tap``: the real ``tap-analytics --config cfg.json``, with each scenario's tap
-  settings (v3-latency: also ``tap (serial)``, ``max_concurrent_requests: 1``);
+  settings (v1-latency and v3-latency: also ``tap (serial)``,
+  ``max_concurrent_requests: 1``);
 - ``plain loop``: ``python scripts/bench.py --plain-loop SCENARIO BASE_URL``, which
   fetches the same pages one after another and writes one JSON line per record.
 
@@ -104,6 +105,34 @@ SCENARIOS = {
             "latency_ms": 0,
         },
         scaled=("v1_jobs", "v1_connections", "v1_workspaces"),
+        taps=(("tap", {}), ("tap (serial)", {"max_concurrent_requests": 1})),
+    ),
+    # Latency-bound v1: `jobs` keyset pages in concurrent time windows, the other
+    # streams' pages fetched while `jobs` is written.
+    "v1-latency": Scenario(
+        name="v1-latency",
+        family="v1",
+        settings={
+            "latency_ms": 20,
+            "v1_jobs": 40_000,
+            "v1_connections": 1_000,
+            "v1_workspaces": 100,
+            "cursor_page_size": PAGE_SIZE,
+        },
+        # Too few pages to split `jobs` into windows (so the requests match the
+        # loop's exactly); the other streams are still fetched ahead.
+        smoke={
+            "latency_ms": 20,
+            "v1_jobs": 650,
+            "v1_connections": 230,
+            "v1_workspaces": 25,
+            "cursor_page_size": PAGE_SIZE,
+        },
+        scaled=("v1_jobs", "v1_connections", "v1_workspaces"),
+        taps=(
+            ("tap", {}),
+            ("tap (serial)", {"max_concurrent_requests": 1}),
+        ),
     ),
     # Latency-bound: many small child requests, where concurrency pays.
     "v3-latency": Scenario(
@@ -434,7 +463,8 @@ def _contenders(scenario: Scenario, base_url: str, workdir: Path) -> list[Conten
     taps: list[Contender] = []
     if scenario.family == "v1":
         credentials = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
-        taps.append(tap("tap", {**credentials, "page_size": PAGE_SIZE}))
+        for label, settings in scenario.taps or (("tap", {}),):
+            taps.append(tap(label, {**credentials, "page_size": PAGE_SIZE, **settings}))
     else:
         for label, settings in scenario.taps:
             taps.append(tap(label, {"api_key": API_KEY, **settings}))

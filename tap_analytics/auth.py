@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import threading
 import typing as t
 
 import backoff
@@ -67,6 +68,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             client_secret=client_secret,
         )
         self._timeout = timeout
+        self._lock = threading.Lock()
         # Token requests count against the run's rate limit, and the SDK's own
         # urllib3 retries on https:// (10 tries) give way to the policy below.
         mount_rate_limited(self._session, rate_limiter)
@@ -101,10 +103,26 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             < self.last_refreshed + lifetime - margin
         )
 
-    def invalidate(self) -> None:
-        """Forget the token, so the next request fetches a new one (after a 401)."""
-        self.access_token = None
-        self.last_refreshed = None
+    def authenticate_request(
+        self, request: requests.PreparedRequest
+    ) -> requests.PreparedRequest:
+        # v1 requests run in the page pool's threads too (tap_analytics.windows):
+        # when the token is due, one thread fetches it and the others wait for it,
+        # instead of each asking for its own.
+        with self._lock:
+            return super().authenticate_request(request)
+
+    def invalidate(self, rejected: str | None) -> None:
+        """Forget the token a request was rejected with (its Authorization header).
+
+        The next request fetches a new one. Requests in flight together are all
+        rejected together: only the first 401 forgets the token, so the token the
+        first retry fetched is not thrown away by the others.
+        """
+        with self._lock:
+            if rejected == f"Bearer {self.access_token}":
+                self.access_token = None
+                self.last_refreshed = None
 
     def update_access_token(self) -> None:
         self.logger.info("Requesting a new access token from %s", self._token_url)

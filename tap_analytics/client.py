@@ -76,11 +76,12 @@ class AnalyticsStream(RESTStream[t.Any]):
             or True
         )
         session.trust_env = False
-        # One pooled connection per concurrent request (tap_analytics.concurrency),
+        # One pooled connection per concurrent request (the workers of
+        # tap_analytics.concurrency and the main thread),
         # every request paced by the run's rate limiter.
         workers = int(self.analytics_tap.setting("max_concurrent_requests"))
         concurrency.mount_rate_limited(
-            session, self.analytics_tap.rate_limiter, pool_maxsize=workers
+            session, self.analytics_tap.rate_limiter, pool_maxsize=workers + 1
         )
         self._logged_once: set[str] = set()
         self.logger.addFilter(DEMOTE_SDK_NOISE)
@@ -165,7 +166,7 @@ class AnalyticsStream(RESTStream[t.Any]):
         except TokenRejectedError:
             auth = t.cast("ClientCredentialsAuthenticator", self.authenticator)
             self.logger.info("Access token rejected; requesting a new one")
-            auth.invalidate()
+            auth.invalidate(prepared_request.headers.get("Authorization"))
             return super()._request(prepared_request, context)
 
     def parse_response(self, response: requests.Response) -> Iterable[dict[str, t.Any]]:

@@ -18,6 +18,11 @@ may always take one page beyond the bound: it can always progress, so the bound
 can never stall the run. Memory therefore depends neither on the results per
 request, nor on the number of parents, nor on the number of workers.
 
+The same pool reads v1 ``jobs`` in time windows (:mod:`tap_analytics.windows`: one
+fetch per window, in ``lastUpdatedAt`` order) and the streams synced after it
+(:meth:`~tap_analytics.tap.TapAnalytics.prefetch_streams_after`), under the same
+bound; :meth:`Prefetcher.discard` drops windows nobody will read.
+
 Streams that read the same request for the same parent (v3 ``jobs`` and
 ``successful_jobs``) share one fetch: its pages are kept until the last reader has
 read them (earlier readers get copies), so such a request should be small.
@@ -111,7 +116,19 @@ class _Fetch:
         self.readers_taken = 0
         self.finished = False
         self.generation = 0  # dropped once the pool's generation moves on
+        self.dropped = False  # discarded on its own (Prefetcher.discard)
         self.error: BaseException | None = None
+
+
+def _close(fetch: _Fetch) -> None:
+    """End a suspended request now (not in flight: nobody is iterating it).
+
+    So the SDK's request metric is logged before the run's last line, not
+    whenever the generator is collected.
+    """
+    close = getattr(fetch.source, "close", None)
+    if close is not None:
+        close()
 
 
 class Prefetcher:
@@ -143,18 +160,36 @@ class Prefetcher:
         self, stream: AnalyticsStream, context: Context | None
     ) -> Iterator[Record] | None:
         """The records fetched ahead for ``stream`` in ``context``, if any."""
-        if context is None:
-            return None
-        url = stream.get_url(context)
+        return self.take_key(stream.get_url(context))
+
+    def take_key(self, key: str) -> Iterator[Record] | None:
+        """The records of the request submitted as ``key``, if any."""
         with self._cond:
-            fetch = self._fetches.get(url)
+            fetch = self._fetches.get(key)
             if fetch is None:
                 return None
             reader = fetch.readers_taken
             fetch.readers_taken += 1
             if fetch.readers_taken == fetch.readers:
-                del self._fetches[url]
+                del self._fetches[key]
         return self._read(fetch, last=reader == fetch.readers - 1)
+
+    def discard(self, keys: Iterable[str]) -> None:
+        """Drop the requests submitted as ``keys``: nobody will read them."""
+        with self._cond:
+            dropped = [f for key in keys if (f := self._fetches.pop(key, None))]
+            for fetch in dropped:
+                fetch.dropped = True
+                # Pages in flight release their reservation in their worker.
+                self._buffered -= sum(page is not None for page in fetch.pages)
+                fetch.pages.clear()
+            queued = [entry for entry in self._queue if entry[2].dropped]
+            if queued:
+                self._queue = [e for e in self._queue if not e[2].dropped]
+                heapq.heapify(self._queue)
+            self._cond.notify_all()
+        for _, _, fetch in queued:
+            _close(fetch)
 
     def read_ahead(
         self,
@@ -233,11 +268,7 @@ class Prefetcher:
         with self._cond:
             self._generation += 1
             for _, _, fetch in self._queue:
-                # End a suspended request now, so the SDK's request metric is
-                # logged before the run's last line, not whenever it is collected.
-                close = getattr(fetch.source, "close", None)
-                if close is not None:
-                    close()
+                _close(fetch)
             self._queue.clear()
             self._fetches.clear()
             # Pages in flight release their reservation when their worker sees
@@ -271,7 +302,7 @@ class Prefetcher:
         key: str,
         order: Order,
         readers: list[AnalyticsStream],
-        context: Context,
+        context: Context | None,
     ) -> None:
         """Fetch the pages of ``readers[0]``'s request in ``context`` in the pool.
 
@@ -340,11 +371,11 @@ class Prefetcher:
             if fetch is None:
                 return
             page, finished, error = self._fetch_page(fetch)
-            if page and fetch.generation == self._generation:
+            if page and fetch.generation == self._generation and not fetch.dropped:
                 fetch.on_page(fetch, page)
             with self._cond:
                 self._in_flight -= 1
-                dropped = fetch.generation != self._generation
+                dropped = fetch.generation != self._generation or fetch.dropped
                 if dropped or not page:
                     self._buffered -= 1  # reservation unused
                 else:

@@ -11,6 +11,7 @@ which caches it on the response, so a page is decoded once, not once per reader.
 
 from __future__ import annotations
 
+import time
 import typing as t
 from dataclasses import dataclass
 
@@ -63,25 +64,50 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
     :meth:`checked_jobs`: a job out of order would put the bookmark past jobs not
     read yet, and no later run would read them.
 
-    An upper bound (reading one time window) would end the list in ``has_more``
-    at the first job past it; the keyset itself does not change.
+    A time window (:mod:`tap_analytics.windows`) reads from ``since`` up to
+    ``end``, exclusive: the API has no upper bound, so the jobs at or past ``end``
+    are dropped here and the window stops on the page that reached them.
+    ``end`` may move down while the window is read (the window is split), never
+    below a job already received.
     """
 
     def __init__(
-        self, stream_name: str, since: datetime.datetime | None, page_size: int
+        self,
+        stream_name: str,
+        since: datetime.datetime | None,
+        page_size: int,
+        end: datetime.datetime | None = None,
+        on_page: t.Callable[[list[datetime.datetime]], None] | None = None,
     ) -> None:
         super().__init__(Keyset(since))
         self._stream_name = stream_name
         self._page_size = page_size
         self._page_end: Keyset | None = None
+        self.since = since
+        self.end = end
+        #: The list ended within the window (a short or empty page, no ``next``):
+        #: nothing was above the last job at that moment.
+        self.reached_end_of_list = False
+        self._passed_end = False
+        self._instants: list[datetime.datetime] = []
+        #: How long the last page took to answer, and (read serially) to write:
+        #: the SDK writes a page's records between parsing it and has_more.
+        self.request_seconds = 0.0
+        self.write_seconds = 0.0
+        self._parsed_at = 0.0
+        # Called with each page's instants once the paginator knows whether the
+        # list goes on: before the next page is requested, so it may lower `end`.
+        self._on_page = on_page
 
     def checked_jobs(self, response: requests.Response) -> list[dict[str, t.Any]]:
-        """The page's jobs, once they are known to continue the order."""
+        """The page's jobs in the window, once they are known to continue the order."""
         jobs = records_in(json_body(response), "data")
         # The first page may start below `since`: the stream filters those jobs.
         last = self.current_value.since if self.count else None
+        instants = []
         for job in jobs:
             instant = parse_timestamp(job["lastUpdatedAt"])
+            instants.append(instant)
             if last is not None and instant < last:
                 msg = (
                     f"stream '{self._stream_name}': the API did not return jobs in "
@@ -93,6 +119,17 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
                 raise APIResponseError(msg)
             last = instant
         self._page_end = self._keyset_after(jobs, last)
+        self._instants = instants
+        self.request_seconds = response.elapsed.total_seconds()
+        self._parsed_at = time.monotonic()
+        if not jobs:  # the SDK calls has_more only after a page with records
+            self.reached_end_of_list = True
+            if self._on_page is not None:
+                self._on_page(instants)
+        if self.end is not None and last is not None and last >= self.end:
+            self._passed_end = True
+            end = self.end
+            return [job for job, at in zip(jobs, instants, strict=True) if at < end]
         return jobs
 
     def _keyset_after(
@@ -110,13 +147,18 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         return Keyset(last, ties)
 
     def has_more(self, response: requests.Response) -> bool:
-        body = json_body(response)
-        if body.get("next") in _END_OF_LIST:
+        self.write_seconds = time.monotonic() - self._parsed_at
+        if self._passed_end:
             return False
+        body = json_body(response)
         received = len(records_in(body, "data"))
-        if self.count == 1 and 0 < received < self._page_size:
+        if self.count == 1 and 0 < received < self._page_size and body.get("next"):
             self._page_size = received  # the server's cap on `limit`
-        return received >= self._page_size
+        more = body.get("next") not in _END_OF_LIST and received >= self._page_size
+        self.reached_end_of_list = not more
+        if self._on_page is not None:
+            self._on_page(self._instants)
+        return more
 
     def get_next(self, response: requests.Response) -> Keyset:
         page_end = self._page_end

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import threading
 import typing as t
 
 import msgspec
 
-from tap_analytics import schemas
+from tap_analytics import concurrency, schemas
 from tap_analytics.client import AnalyticsStream, ChildStream
 from tap_analytics.pagination import (
     BodyCursorPaginator,
@@ -16,9 +18,9 @@ from tap_analytics.pagination import (
     PagingCursorPaginator,
 )
 from tap_analytics.timestamps import normalize_timestamp
+from tap_analytics.windows import KeysetWindows
 
 if t.TYPE_CHECKING:
-    import datetime
     from collections.abc import Iterable
 
     import requests
@@ -32,7 +34,11 @@ Record = dict[str, t.Any]
 
 
 class V1JobsStream(AnalyticsStream):
-    """``/v1/jobs``: keyset pages in ``lastUpdatedAt`` order, incremental on it."""
+    """``/v1/jobs``: keyset pages in ``lastUpdatedAt`` order, incremental on it.
+
+    With ``max_concurrent_requests`` above 1 the pages are read in time windows
+    fetched concurrently and emitted in order (:mod:`tap_analytics.windows`).
+    """
 
     name = "jobs"
     path = "/v1/jobs"
@@ -47,13 +53,15 @@ class V1JobsStream(AnalyticsStream):
     STATE_MSG_FREQUENCY = 1_000
     schema = schemas.V1_JOBS
     _since: datetime.datetime | None = None
-    _paginator: JobsKeysetPaginator
+    _windows: KeysetWindows | None = None
+    _serial: JobsKeysetPaginator
 
-    def get_new_paginator(self) -> JobsKeysetPaginator:
-        # Kept for parse_response, which checks each page's order before the SDK
-        # emits it (and advances the bookmark past it).
-        self._paginator = JobsKeysetPaginator(self.name, self._since, self.page_size)
-        return self._paginator
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Windows are paged by several workers at once; each request's paginator
+        # is handed from get_url_params to parse_response (the SDK passes neither
+        # a context), which run one after the other in the same thread.
+        self._paging = threading.local()
 
     def get_records(self, context: Context | None) -> Iterable[Record]:
         # Read the bookmark (or start_date) once per sync, not once per record.
@@ -66,7 +74,38 @@ class V1JobsStream(AnalyticsStream):
         state = self.get_context_state(context)
         if bookmark := state.get("replication_key_value"):
             state["replication_key_value"] = normalize_timestamp(bookmark)[1]
-        return super().get_records(context)
+        if int(self.analytics_tap.setting("max_concurrent_requests")) == 1:
+            self._windows = None
+            return super().get_records(context)
+        prefetcher = self.analytics_tap.prefetcher
+        self._windows = KeysetWindows(
+            self,
+            prefetcher,
+            self._since,
+            self.page_size,
+            datetime.datetime.now(datetime.UTC),
+            # Once the network is known to be what takes the time, the streams
+            # after this one are fetched too, while this one is written.
+            on_first_split=lambda: self.analytics_tap.prefetch_streams_after(self),
+        )
+        return self._windows.records()
+
+    def request_records(self, context: Context | None) -> Iterable[Record]:
+        if context is None:  # serial: one paginator for the whole list
+            self._serial = JobsKeysetPaginator(self.name, self._since, self.page_size)
+        # The SDK's get_new_paginator takes no context: hand it the window's here,
+        # in the thread and the step where the SDK asks for it.
+        self._paging.opening = self._paginator(context)
+        yield from super().request_records(context)
+
+    def _paginator(self, context: Context | None) -> JobsKeysetPaginator:
+        if context is None or self._windows is None:
+            return self._serial
+        return self._windows.paginator(context)
+
+    def get_new_paginator(self) -> JobsKeysetPaginator:
+        paginator: JobsKeysetPaginator = self._paging.opening
+        return paginator
 
     @property
     def page_size(self) -> int:
@@ -77,7 +116,9 @@ class V1JobsStream(AnalyticsStream):
         context: Context | None,
         next_page_token: Keyset | None,
     ) -> dict[str, t.Any]:
-        keyset = next_page_token or Keyset(self._since)
+        paginator = self._paginator(context)
+        self._paging.current = paginator  # for parse_response, next in this thread
+        keyset = next_page_token or paginator.current_value
         params: dict[str, t.Any] = {
             "limit": self.page_size,
             "offset": keyset.offset,
@@ -88,7 +129,8 @@ class V1JobsStream(AnalyticsStream):
         return params
 
     def parse_response(self, response: requests.Response) -> Iterable[Record]:
-        return self._paginator.checked_jobs(response)
+        paginator: JobsKeysetPaginator = self._paging.current
+        return concurrency.mark_page_end(paginator.checked_jobs(response))
 
     def post_process(
         self, row: Record, context: Context | None = None

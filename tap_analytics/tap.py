@@ -49,6 +49,8 @@ if t.TYPE_CHECKING:
     from singer_sdk.helpers.types import Auth
     from singer_sdk.streams import Stream
 
+    from tap_analytics.client import AnalyticsStream
+
 DEFAULT_BASE_URL = "https://api.example.com"
 
 
@@ -174,7 +176,10 @@ class TapAnalytics(Tap):
             "max_concurrent_requests",
             th.IntegerType(minimum=1),
             default=8,
-            description="v3: child requests in flight at once; 1 makes them serial.",
+            description=(
+                "Requests in flight at once: v1 `jobs` time windows and the "
+                "streams after it, v3 child requests; 1 makes every request serial."
+            ),
         ),
         th.Property(
             "max_requests_per_second",
@@ -328,6 +333,19 @@ class TapAnalytics(Tap):
     @cached_property
     def prefetcher(self) -> Prefetcher:
         return Prefetcher(max_workers=self.setting("max_concurrent_requests"))
+
+    def prefetch_streams_after(self, stream: Stream) -> None:
+        """Fetch the pages of the top-level streams synced after ``stream`` now.
+
+        They are read once ``stream`` is done; fetched meanwhile, in the same pool
+        and under the same page bound, they are mostly there by then.
+        """
+        names = list(self.streams)
+        later = [self.streams[name] for name in names[names.index(stream.name) + 1 :]]
+        for order, other in enumerate(later, start=1):
+            if other.selected and other.parent_stream_type is None:
+                reader = t.cast("AnalyticsStream", other)
+                self.prefetcher.submit(reader.get_url(None), (order,), [reader], None)
 
     def discover_streams(self) -> list[Stream]:
         streams = V1_STREAMS if self.family is Family.V1 else V3_STREAMS

@@ -18,4 +18,4 @@ def test_bench_smoke_run_agrees_with_the_plain_loop():
         check=False,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stdout.count("smoke: OK") == 4
+    assert done.stdout.count("smoke: OK") == 5

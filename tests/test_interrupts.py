@@ -15,10 +15,13 @@ import pytest
 
 from tap_analytics.timestamps import parse_timestamp
 from tests.tap_runner import Output, sync, v1_config, v3_config
+from tests.test_v1_live import paged_in_windows
 
 TAP = os.path.join(os.path.dirname(sys.executable), "tap-analytics")
+V1_KEYS = {"jobs": "jobId", "connections": "connectionId", "workspaces": "workspaceId"}
 KEYS = {
-    "v1": {"jobs": "jobId", "connections": "connectionId", "workspaces": "workspaceId"},
+    "v1": V1_KEYS,
+    "v1-windows": V1_KEYS,
     "v3": {
         "workflows": "uid",
         "jobs": "uid",
@@ -80,7 +83,7 @@ class RunningTap:
 
 
 def expected_keys(server: Any, family: str, stream: str, key: str) -> set[Any]:
-    data = server.dataset[family]
+    data = server.dataset[family[:2]]
     if stream == "successful_jobs":
         return {
             job["uid"]
@@ -96,8 +99,15 @@ SCENARIOS = {
     # v1 jobs: 150 pages of 20, one after another (about 3 s at 10 ms each)
     "v1": (
         {"v1_jobs": 3000, "v1_connections": 30, "latency_ms": 10},
-        lambda server: v1_config(server, page_size=20),
+        lambda server: v1_config(server, page_size=20, max_concurrent_requests=1),
         ("jobs", 200),
+    ),
+    # v1 jobs in concurrent windows (default settings): 1,000 pages of 20, about
+    # 8 at a time; interrupted with windows queued, in flight and buffered
+    "v1-windows": (
+        {"v1_jobs": 20_000, "v1_connections": 30, "latency_ms": 10},
+        lambda server: v1_config(server, page_size=20),
+        ("jobs", 2_000),
     ),
     # v3: children of 40 workflows fetched 4 at a time, 30 ms per request
     "v3": (
@@ -113,6 +123,7 @@ SCENARIOS = {
     [
         ("v1", signal.SIGINT, 130),
         ("v1", signal.SIGTERM, 143),
+        ("v1-windows", signal.SIGINT, 130),
         ("v3", signal.SIGINT, 130),
         ("v3", signal.SIGTERM, 143),
     ],
@@ -143,6 +154,8 @@ def test_an_interrupted_sync_exits_non_zero_and_a_rerun_completes_it(
         expected_keys(server, family, stream, key)
     )
 
+    if family == "v1-windows":
+        assert paged_in_windows(server)
     rerun = sync(config, state=first.final_state)
     for name, key in KEYS[family].items():
         union = set(first.keys(name, key)) | set(rerun.keys(name, key))

@@ -82,10 +82,13 @@ def successful(job: dict) -> bool:
 
 
 def test_a_long_stream_logs_progress_at_the_interval(sandbox, tmp_path):
-    # 40 pages of 10 jobs at 100 ms each: a jobs stream of at least 4 s.
+    # 40 pages of 10 jobs at 100 ms each, one after another (concurrent windows
+    # would make it short): a jobs stream of at least 4 s.
     server = sandbox(v1_jobs=400, latency_ms=100)
     run = run_cli(
-        config=v1_config(server, page_size=10, progress_interval=1),
+        config=v1_config(
+            server, page_size=10, progress_interval=1, max_concurrent_requests=1
+        ),
         tmp_path=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]

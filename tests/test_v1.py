@@ -102,13 +102,17 @@ def test_about_documents_every_setting(tmp_path):
         assert rows.get(setting), f"--about has no description for {setting}"
 
 
+# Serial, and with default settings (8 concurrent requests): a list of a handful
+# of pages is read as one window, request for request as a serial read (windows
+# start only after WINDOW_PAGES full pages), so the exact requests hold for both.
+@pytest.mark.parametrize("workers", [1, 8])
 @pytest.mark.parametrize("cursor_shape", ["token", "url"])
 @pytest.mark.parametrize(
     ("jobs", "page_size", "end_marker"),
     [(250, 100, "null"), (300, 100, "absent"), (7, 3, "empty"), (0, 100, "null")],
 )
 def test_full_sync_emits_exactly_the_dataset(
-    sandbox, cursor_shape, jobs, page_size, end_marker
+    sandbox, cursor_shape, jobs, page_size, end_marker, workers
 ):
     server = sandbox(
         v1_jobs=jobs,
@@ -119,7 +123,7 @@ def test_full_sync_emits_exactly_the_dataset(
         end_marker=end_marker,
         extra_field="undocumentedField",
     )
-    out = sync(v1_config(server, page_size=page_size))
+    out = sync(v1_config(server, page_size=page_size, max_concurrent_requests=workers))
 
     for stream, key in V1_KEYS.items():
         expected = [record[key] for record in server.dataset["v1"][stream]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import itertools
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import requests
 from singer_sdk.pagination import OffsetPaginator
 
@@ -95,7 +97,8 @@ class _OffsetPagingTap(TapAnalytics):
 
 def offset_sync(config: dict[str, Any], state: dict[str, Any] | None = None) -> Output:
     buffer = io.StringIO()
-    tap = _OffsetPagingTap(config=config, state=state)
+    # Serial, as it was (windows are keyset paging's).
+    tap = _OffsetPagingTap(config={**config, "max_concurrent_requests": 1}, state=state)
     with contextlib.redirect_stdout(buffer):
         tap.sync_all()
     return Output.parse(buffer.getvalue())
@@ -105,11 +108,11 @@ def offset_sync(config: dict[str, Any], state: dict[str, Any] | None = None) -> 
 
 
 def three_live_runs(
-    server: SandboxServer, run: Callable[..., Output]
+    server: SandboxServer, run: Callable[..., Output], **settings: Any
 ) -> dict[int, datetime.datetime]:
     """Run 1 full; 5,000 jobs move; run 2 while jobs move and appear on every
     page; freeze; run 3 from run 2's state. The last version of each job emitted."""
-    config = v1_config(server)
+    config = v1_config(server, **settings)
     first = run(config)
     server.move_jobs(5_000)
     second = run(config, state=first.final_state)
@@ -121,13 +124,37 @@ def three_live_runs(
 
 LIVE = {"v1_jobs": 20_000, "live_moves_per_page": 3, "live_adds_per_page": 1}
 
+# Serial keyset paging, and concurrent windows (tap_analytics.windows) with default
+# settings. The tap uses windows only when pages take longer to arrive than to
+# write (about 2 ms for 100 jobs), so the concurrent runs get a sandbox that
+# answers in 10 ms instead of at once.
+MODES = [
+    pytest.param({"max_concurrent_requests": 1}, 0, id="serial"),
+    pytest.param({}, 10, id="windows"),
+]
 
-def test_keyset_paging_emits_the_current_version_of_every_job(sandbox):
-    server = sandbox(**LIVE)
-    emitted = three_live_runs(server, sync)
+
+def paged_in_windows(server: SandboxServer) -> bool:
+    """Whether jobs pages were requested out of order (one serial keyset walk
+    asks ever later ``updatedAtStart``; windows ask several at once)."""
+    starts = [
+        datetime.datetime.fromisoformat(query["updatedAtStart"][0])
+        for query in jobs_requests(server)
+        if "updatedAtStart" in query
+    ]
+    return any(later < earlier for earlier, later in itertools.pairwise(starts))
+
+
+@pytest.mark.parametrize(("settings", "latency_ms"), MODES)
+def test_keyset_paging_emits_the_current_version_of_every_job(
+    sandbox, settings, latency_ms
+):
+    server = sandbox(**LIVE, latency_ms=latency_ms)
+    emitted = three_live_runs(server, sync, **settings)
     current = current_jobs(server)
     assert len(current) > 20_000  # jobs were added while pages were served
     assert emitted == current  # every jobId, each at its current lastUpdatedAt
+    assert paged_in_windows(server) == (settings == {})
 
 
 def test_offset_paging_loses_jobs_in_the_same_three_runs(sandbox):
@@ -147,27 +174,43 @@ def test_offset_paging_loses_jobs_in_the_same_three_runs(sandbox):
 # --- keyset pages: ties across pages, the lenient start, requests --------------
 
 
-def test_tie_groups_longer_than_a_page_are_paged_by_offset_within_the_tie(sandbox):
-    server = sandbox(v1_jobs=2_000)
-    out = sync(v1_config(server, page_size=3, start_date="2024-03-01T01:30Z"))
+@pytest.mark.parametrize(("workers", "latency_ms"), [(1, 0), (8, 2)])
+def test_tie_groups_longer_than_a_page_are_paged_by_offset_within_the_tie(
+    sandbox, workers, latency_ms
+):
+    server = sandbox(v1_jobs=2_000, latency_ms=latency_ms)
+    config = v1_config(
+        server,
+        page_size=3,
+        start_date="2024-03-01T01:30Z",
+        max_concurrent_requests=workers,
+    )
+    out = sync(config)
     start = instant("2024-03-01T01:30Z")
     expected = sorted(
         j["jobId"]
         for j in server.dataset["v1"]["jobs"]
         if instant(j["lastUpdatedAt"]) >= start
     )
-    assert sorted(out.keys("jobs", "jobId")) == expected
+    assert sorted(out.keys("jobs", "jobId")) == expected  # each job exactly once
     queries = jobs_requests(server)
-    assert len(queries) == math.ceil(len(expected) / 3)
-    assert keysets(queries) == expected_keysets(
-        out.records["jobs"], 3, first=start.isoformat()
-    )
     assert max(offset for _, offset in keysets(queries)) > 3  # a tie spans pages
+    if workers == 1:
+        assert len(queries) == math.ceil(len(expected) / 3)
+        assert keysets(queries) == expected_keysets(
+            out.records["jobs"], 3, first=start.isoformat()
+        )
+    else:
+        # A page of 3 takes longer to arrive (2 ms) than to write: windows are
+        # used, each costing at most one page beyond its jobs.
+        assert paged_in_windows(server)
+        assert len(queries) <= 1.1 * math.ceil(len(expected) / 3)
 
 
 def test_a_full_sync_of_20000_jobs_makes_ceil_n_over_limit_requests(sandbox):
     server = sandbox(v1_jobs=20_000)
-    out = sync(v1_config(server, page_size=250))
+    # Serial: concurrent windows cost up to a page each (see tests/test_v1_windows).
+    out = sync(v1_config(server, page_size=250, max_concurrent_requests=1))
     assert sorted(out.keys("jobs", "jobId")) == sorted(current_jobs(server))
     assert len(jobs_requests(server)) == math.ceil(20_000 / 250)
     # the bookmark advanced during the stream, not only at its end
@@ -192,12 +235,16 @@ def _complete_lines(raw: bytes) -> list[dict[str, Any]]:
     return messages
 
 
-def test_a_killed_sync_resumes_from_its_last_state(sandbox, tmp_path):
+@pytest.mark.parametrize(("settings", "latency_ms"), MODES)
+def test_a_killed_sync_resumes_from_its_last_state(
+    sandbox, tmp_path, settings, latency_ms
+):
     jobs, page_size = 100_000, 100
     full_run_pages = math.ceil(jobs / page_size)
-    server = sandbox(v1_jobs=jobs)
+    server = sandbox(v1_jobs=jobs, latency_ms=latency_ms)
+    config = v1_config(server, page_size=page_size, **settings)
     config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(v1_config(server, page_size=page_size)))
+    config_path.write_text(json.dumps(config))
     tap = os.path.join(os.path.dirname(sys.executable), "tap-analytics")
     stdout_path = tmp_path / "killed.jsonl"
     with stdout_path.open("wb") as stdout:
@@ -207,13 +254,20 @@ def test_a_killed_sync_resumes_from_its_last_state(sandbox, tmp_path):
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 120
-        while len(jobs_requests(server)) < 0.6 * full_run_pages:
-            assert process.poll() is None, "the tap ended before it was killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # Killed once 60 % of the jobs are on its stdout. (Serially that is also
+        # 60 % of the pages requested; windows request up to the pool's page
+        # bound ahead of what is written, and a kill loses those pages.)
+        written = 0
+        with stdout_path.open("rb") as output:
+            while written < 0.6 * jobs:
+                assert process.poll() is None, "the tap ended before it was killed"
+                assert time.monotonic() < deadline
+                written += output.read().count(b'"type":"RECORD","stream":"jobs"')
+                time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
         process.wait()
     killed_at = len(jobs_requests(server))
+    assert paged_in_windows(server) == (settings == {})
     killed = _complete_lines(stdout_path.read_bytes())
     states = [m["value"] for m in killed if m["type"] == "STATE"]
     assert states, "no STATE before the kill"
@@ -362,7 +416,8 @@ def test_live_mode_is_deterministic_with_the_seed(sandbox):
     datasets = []
     for _ in range(2):
         server = sandbox(v1_jobs=200, live_moves_per_page=3, live_adds_per_page=1)
-        sync(v1_config(server, page_size=20))
+        # Serial: how many pages concurrent windows ask depends on timing.
+        sync(v1_config(server, page_size=20, max_concurrent_requests=1))
         server.move_jobs(10)
         datasets.append(server.dataset["v1"]["jobs"])
     assert datasets[0] == datasets[1]

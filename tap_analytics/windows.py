@@ -1,0 +1,249 @@
+"""v1 ``jobs`` in time windows fetched concurrently, emitted in ``lastUpdatedAt`` order.
+
+Keyset paging is one request after another: page n+1 starts after page n's last
+job. Over a network that is one round trip per page. Here the range from the
+bookmark (or ``start_date``, or the oldest job) to now is cut into windows
+``[start, end)`` by ``lastUpdatedAt``; each window is keyset-paged on its own, all
+of them in the run's page pool (:class:`~tap_analytics.concurrency.Prefetcher`,
+same workers, same bound on buffered pages), and the main thread reads them one
+after another, so records, and the SDK's sorted-stream bookmark, still go in
+``lastUpdatedAt`` order.
+
+- **Window 0** is the unbounded list from the start, read by the main thread as
+  a serial read would. It says where the jobs begin and how dense they are. After
+  :data:`WINDOW_PAGES` full pages, and only if its pages take longer to arrive
+  than to write, the rest of the range, up to
+  now, is split into windows of about :data:`WINDOW_PAGES` pages at that density;
+  the last window is open-ended. So a handful of pages, or a fast network, is read
+  request for request as with ``max_concurrent_requests: 1``.
+- **Large windows split again**: after each full page a window estimates its
+  remaining pages from the pages it has read (:data:`MIN_SAMPLE_JOBS` jobs at
+  least); beyond ``2 * WINDOW_PAGES`` it keeps the first part and hands the rest
+  to new windows (real data is skewed: recent weeks hold most jobs). A split
+  happens before the window's next request.
+- **A window ends** where the next begins: the API has no upper bound, so the
+  paginator drops the jobs at or past ``end`` and stops on the page that reached
+  them. That page is the one extra request a window may cost.
+- **The end of the list** (a short or empty page) seen by any window means that
+  nothing was above its last job at that moment, so every later window is empty or
+  holds only jobs that changed since (above all others): they are dropped, and
+  their jobs are above the bookmark this run ends with, so the next run reads them.
+  Jobs that change while the run reads them move above all others, past every
+  window still being read or into the last one, which keyset paging handles as
+  in a serial read (issue 10).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import math
+import statistics
+import threading
+import typing as t
+from dataclasses import dataclass, field
+
+from tap_analytics.pagination import JobsKeysetPaginator
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
+    from tap_analytics.client import AnalyticsStream
+    from tap_analytics.concurrency import Prefetcher
+
+Record = dict[str, t.Any]
+
+#: Pages a window is planned to hold. A window costs up to one page beyond its
+#: jobs (the page that passes its end, half a page on average), so more windows
+#: mean more requests; fewer mean less overlap, since a window is read page after
+#: page and the pool's page bound holds only so many pages ahead of the reader.
+WINDOW_PAGES = 8
+#: Windows a split creates at most: a guess from one page must not create
+#: thousands of windows (each an empty request if the guess was far off).
+MAX_SPLIT = 256
+#: Jobs a density estimate needs at least (a few jobs' span says little).
+MIN_SAMPLE_JOBS = 100
+
+
+@dataclass(eq=False)
+class Window:
+    """One ``[start, end)`` slice of ``jobs``, keyset-paged by its own paginator."""
+
+    key: str
+    paginator: JobsKeysetPaginator
+    next: Window | None = None
+    first: datetime.datetime | None = None  # its first job's instant
+    pages: int = 0  # full pages received
+    # window 0's pages: how long each took to arrive, and to write
+    request_seconds: list[float] = field(default_factory=list)
+    write_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def context(self) -> dict[str, str]:
+        return {"window": self.key}
+
+
+class KeysetWindows:
+    """Schedules the windows of one sync of ``jobs`` and reads them in order."""
+
+    def __init__(
+        self,
+        stream: AnalyticsStream,
+        prefetcher: Prefetcher,
+        since: datetime.datetime | None,
+        page_size: int,
+        now: datetime.datetime,
+        on_first_split: Callable[[], None],
+    ) -> None:
+        self._stream = stream
+        self._on_first_split: Callable[[], None] | None = on_first_split
+        self._prefetcher = prefetcher
+        self._page_size = page_size
+        self._now = now
+        self._lock = threading.Lock()  # the chain of windows, split by workers
+        self._windows: dict[str, Window] = {}
+        self._numbers = itertools.count()
+        self._first = self._open(since, None)
+
+    def paginator(self, context: t.Mapping[str, t.Any]) -> JobsKeysetPaginator:
+        """The paginator of the window that ``context`` names."""
+        return self._windows[context["window"]].paginator
+
+    def records(self) -> Iterator[Record]:
+        """Every window's jobs, window after window (main thread)."""
+        window: Window | None = self._first
+        # Window 0 is read here, as a serial read would: while its pages come
+        # faster than they are written, a pool would only add thread switches.
+        pages: Iterable[Record] | None = self._stream.request_records(
+            self._first.context
+        )
+        try:
+            while window is not None:
+                if pages is None:
+                    pages = self._prefetcher.take_key(window.key)
+                    assert pages is not None, f"window {window.key} was dropped"
+                yield from pages
+                pages = None
+                with self._lock:
+                    ended = window.paginator.reached_end_of_list
+                    window = None if ended else window.next
+        finally:
+            self._prefetcher.discard(list(self._windows))  # what nobody will read
+
+    # --- workers, between two pages of a window --------------------------------
+
+    def _open(
+        self, start: datetime.datetime | None, end: datetime.datetime | None
+    ) -> Window:
+        key = f"window-{next(self._numbers)}"
+        window = Window(
+            key,
+            JobsKeysetPaginator(
+                self._stream.name,
+                start,
+                self._page_size,
+                end,
+                on_page=lambda instants: self._after_page(window, instants),
+            ),
+        )
+        self._windows[key] = window
+        return window
+
+    def _submit(self, window: Window) -> None:
+        start = window.paginator.since
+        # Read in start order; every window sorts before the streams after `jobs`.
+        moment = -1 if start is None else int(start.timestamp() * 1_000_000)
+        self._prefetcher.submit(window.key, (0, moment), [self._stream], window.context)
+
+    def _after_page(self, window: Window, instants: list[datetime.datetime]) -> None:
+        """Drop what follows the end of the list; split a window that looks large."""
+        if window.paginator.reached_end_of_list:
+            with self._lock:
+                later = []
+                while window.next is not None:
+                    window = window.next
+                    later.append(window.key)
+            self._prefetcher.discard(later)
+            return
+        window.pages += 1
+        window.first = window.first or instants[0]
+        if window is self._first and not self._network_bound(window):
+            return
+        bounds = self._split_points(window, instants[-1])
+        if not bounds:
+            return
+        if self._on_first_split is not None:
+            self._on_first_split()
+            self._on_first_split = None
+        with self._lock:
+            end = window.paginator.end
+            new = [
+                self._open(start, stop)
+                for start, stop in zip(bounds, [*bounds[1:], end], strict=True)
+            ]
+            window.paginator.end = bounds[0]
+            for earlier, later_window in zip(
+                [window, *new], [*new, window.next], strict=True
+            ):
+                earlier.next = later_window
+        self._stream.logger.debug(
+            "Split a window of %s at %s: %d more windows up to %s",
+            self._stream.name,
+            instants[-1],
+            len(new),
+            end or "the end of the list",
+        )
+        for added in new:
+            self._submit(added)
+
+    def _network_bound(self, window: Window) -> bool:
+        """Whether window 0, read alone so far, should be split now.
+
+        Not before :data:`WINDOW_PAGES` pages: a handful of pages is read as one
+        window, request for request as a serial read. And only when waiting for
+        pages is what takes the time, a page taking longer to arrive than to
+        write (medians, so one slow page decides nothing): else windows would only
+        add requests and thread switches (measured on v1-bulk, no latency: a third
+        more CPU, nothing gained). Both times grow alike on a busy machine.
+        """
+        paginator = window.paginator
+        window.request_seconds.append(paginator.request_seconds)
+        window.write_seconds.append(paginator.write_seconds)
+        if window.pages < WINDOW_PAGES:
+            return False
+        waited = statistics.median(window.request_seconds[-WINDOW_PAGES:])
+        return waited > statistics.median(window.write_seconds[-WINDOW_PAGES:])
+
+    def _split_points(
+        self, window: Window, last: datetime.datetime
+    ) -> list[datetime.datetime]:
+        """Where to cut the rest of ``window``, its last job received at ``last``.
+
+        The pages received estimate the density; the open-ended window is planned
+        up to now (a job changed during the run is later: the last window reads it).
+        """
+        paginator = window.paginator
+        if window.pages * self._page_size < MIN_SAMPLE_JOBS:
+            return []
+        assert window.first is not None
+        span = (last - window.first) / window.pages
+        end = paginator.end or self._now
+        if span <= datetime.timedelta(0) or end <= last:
+            return []
+        pages = (end - last) / span
+        if pages <= 2 * WINDOW_PAGES:
+            return []
+        count = min(math.ceil(pages / WINDOW_PAGES), MAX_SPLIT)
+        step = (end - last) / count
+        # Whole seconds (as the API writes them), above the last job received.
+        bounds = {_whole_second(last + step * number) for number in range(1, count)}
+        return sorted(
+            bound
+            for bound in bounds
+            if bound > last and (paginator.end is None or bound < paginator.end)
+        )
+
+
+def _whole_second(moment: datetime.datetime) -> datetime.datetime:
+    """``moment`` rounded up to a whole second."""
+    return datetime.datetime.fromtimestamp(math.ceil(moment.timestamp()), datetime.UTC)
