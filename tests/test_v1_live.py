@@ -421,3 +421,33 @@ def test_live_mode_is_deterministic_with_the_seed(sandbox):
         server.move_jobs(10)
         datasets.append(server.dataset["v1"]["jobs"])
     assert datasets[0] == datasets[1]
+
+
+# --- the overlap: a job received last changes before the next page -------------
+
+
+def rereads(queries: list[dict[str, list[str]]]) -> int:
+    """Requests that read an instant again: the same ``updatedAtStart`` as the
+    request before, at no greater offset (a tie group paged on moves forward)."""
+    sent = keysets(queries)
+    return sum(
+        later[0] == earlier[0] and later[1] <= earlier[1]
+        for earlier, later in itertools.pairwise(sent)
+    )
+
+
+def test_a_shifted_tie_group_is_read_again_and_nothing_is_lost(sandbox):
+    # Few jobs, many moving on every page (serial, seeded: deterministic): the job received
+    # last often changes before the next page, which offset k alone would skip.
+    server = sandbox(v1_jobs=100, live_moves_per_page=6)
+    config = v1_config(server, page_size=10, max_concurrent_requests=1)
+    first = sync(config)
+    queries = jobs_requests(server)
+    server.freeze()
+    second = sync(config, state=first.final_state)
+
+    assert rereads(queries) > 0  # the overlap saw a shift and read it again
+    versions = [(j["jobId"], j["lastUpdatedAt"]) for j in first.records["jobs"]]
+    assert len(versions) == len(set(versions))  # nothing emitted twice
+    emitted = last_versions(first.records["jobs"], second.records.get("jobs", []))
+    assert emitted == current_jobs(server)
