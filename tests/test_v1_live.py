@@ -437,8 +437,8 @@ def rereads(queries: list[dict[str, list[str]]]) -> int:
 
 
 def test_a_shifted_tie_group_is_read_again_and_nothing_is_lost(sandbox):
-    # Few jobs, many moving on every page (serial, seeded: deterministic): the job received
-    # last often changes before the next page, which offset k alone would skip.
+    # Few jobs, many moving on every page (serial, seeded: deterministic): the
+    # job received last changes before the next page, which offset k would skip.
     server = sandbox(v1_jobs=100, live_moves_per_page=6)
     config = v1_config(server, page_size=10, max_concurrent_requests=1)
     first = sync(config)
