@@ -36,10 +36,16 @@ class Keyset:
     ``offset`` counts only the jobs already received at exactly ``since`` (ties):
     a job that changes moves to the end of the order, which shifts no job we
     still have to read, as it would with ``offset`` paging through the whole list.
+    Yet a job received at ``since`` may itself change before the next page: the
+    group at ``since`` shrinks and ``offset`` would skip a job. So pages after the
+    first ask one job of overlap (see :meth:`JobsKeysetPaginator.query`), and
+    ``reread`` marks the page that reads ``since`` again from its first job when
+    the overlap showed such a shift.
     """
 
     since: datetime.datetime | None
     offset: int = 0
+    reread: bool = False
 
     def describe(self) -> str:
         since = "the start" if self.since is None else self.since.isoformat()
@@ -54,10 +60,17 @@ class Keyset:
 class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
     """``jobs`` in ``lastUpdatedAt`` order, each page continuing after the last job.
 
+    Every page after the first starts one job early (``offset - 1``, ``limit + 1``):
+    the job received last must come back first. If it does not, a job received
+    at that instant changed meanwhile and the group of ties there shifted, so the
+    offset would skip a job never emitted (and the bookmark would pass it): the
+    page is dropped and the instant read again from its first job, without the
+    jobs already received there.
+
     Stops on a short page or an end-of-list ``next`` (the SDK's paginators stop
     only on an empty page, one request more per sync). A server may cap ``limit``
-    below what we asked for: a short first page that still has a ``next`` sets
-    the page size instead of ending the stream early.
+    below what we asked for: a short page that still has a ``next`` sets the
+    cap instead of ending the stream early.
 
     The stream emits a page's jobs before the SDK calls :meth:`advance`, and the
     bookmark follows the jobs emitted, so the order is checked earlier, in
@@ -82,7 +95,14 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         super().__init__(Keyset(since))
         self._stream_name = stream_name
         self._page_size = page_size
+        self._limit_cap: int | None = None  # the server's cap on `limit`, once seen
+        self._sent: tuple[int, int] = (0, page_size)  # offset, limit of the request
         self._page_end: Keyset | None = None
+        # The jobs received at the instant the next page starts at (all pages of
+        # one group of ties), and the last one: the overlap's check and re-read.
+        self._tied_ids: set[t.Any] = set()
+        self._last_id: t.Any = None
+        self._shifted = False
         self.since = since
         self.end = end
         #: The list ended within the window (a short or empty page, no ``next``):
@@ -99,15 +119,34 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         # list goes on: before the next page is requested, so it may lower `end`.
         self._on_page = on_page
 
+    def _overlaps(self, keyset: Keyset) -> bool:
+        return self.count > 0 and not keyset.reread
+
+    def query(self, keyset: Keyset) -> tuple[int, int]:
+        """``offset`` and ``limit`` of the request for the page at ``keyset``.
+
+        With the overlap, a page still brings ``page_size`` new jobs, and a full
+        sync of n jobs still takes ceil(n / page_size) requests.
+        """
+        if keyset.reread:
+            offset, limit = 0, len(self._tied_ids) + self._page_size
+        elif self._overlaps(keyset):
+            offset, limit = keyset.offset - 1, self._page_size + 1
+        else:
+            offset, limit = keyset.offset, self._page_size
+        if self._limit_cap is not None:
+            limit = min(limit, self._limit_cap)
+        self._sent = (offset, limit)
+        return self._sent
+
     def checked_jobs(self, response: requests.Response) -> list[dict[str, t.Any]]:
-        """The page's jobs in the window, once they are known to continue the order."""
-        jobs = records_in(json_body(response), "data")
+        """The page's new jobs in the window, once they continue the order."""
+        received = records_in(json_body(response), "data")
+        keyset = self.current_value
         # The first page may start below `since`: the stream filters those jobs.
-        last = self.current_value.since if self.count else None
-        instants = []
-        for job in jobs:
+        last = keyset.since if self.count else None
+        for job in received:
             instant = parse_timestamp(job["lastUpdatedAt"])
-            instants.append(instant)
             if last is not None and instant < last:
                 msg = (
                     f"stream '{self._stream_name}': the API did not return jobs in "
@@ -118,10 +157,23 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
                 )
                 raise APIResponseError(msg)
             last = instant
-        self._page_end = self._keyset_after(jobs, last)
-        self._instants = instants
         self.request_seconds = response.elapsed.total_seconds()
         self._parsed_at = time.monotonic()
+        self._shifted = self._overlaps(keyset) and not (
+            received
+            and received[0].get("jobId") == self._last_id
+            and parse_timestamp(received[0]["lastUpdatedAt"]) == keyset.since
+        )
+        if self._shifted:  # read `since` again; nothing of this page is emitted
+            self._page_end = Keyset(keyset.since, 0, reread=True)
+            self._instants = []
+            return []
+        jobs = received[1:] if self._overlaps(keyset) else received
+        if keyset.reread:
+            jobs = [job for job in jobs if job.get("jobId") not in self._tied_ids]
+        self._page_end = self._keyset_after(received, last)
+        instants = [parse_timestamp(job["lastUpdatedAt"]) for job in jobs]
+        self._instants = instants
         if not jobs:  # the SDK calls has_more only after a page with records
             self.reached_end_of_list = True
             if self._on_page is not None:
@@ -132,29 +184,42 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             return [job for job, at in zip(jobs, instants, strict=True) if at < end]
         return jobs
 
+    def continue_if_empty(self, response: requests.Response) -> bool:
+        # A page dropped for a shift is empty, yet the list goes on.
+        return self._shifted
+
     def _keyset_after(
-        self, jobs: list[dict[str, t.Any]], last: datetime.datetime | None
+        self, received: list[dict[str, t.Any]], last: datetime.datetime | None
     ) -> Keyset:
         if last is None:  # an empty page
             return self.current_value
-        ties = 0
-        for job in reversed(jobs):
+        tied = []
+        for job in reversed(received):
             if parse_timestamp(job["lastUpdatedAt"]) != last:
                 break
-            ties += 1
-        if ties == len(jobs) and last == self.current_value.since:
-            ties += self.current_value.offset  # one group of ties across pages
+            tied.append(job.get("jobId"))
+        self._last_id = received[-1].get("jobId")
+        ties = len(tied)
+        if ties == len(received) and last == self.current_value.since:
+            ties += self._sent[0]  # one group of ties across pages
+            self._tied_ids.update(tied)
+        else:
+            self._tied_ids = set(tied)
         return Keyset(last, ties)
 
     def has_more(self, response: requests.Response) -> bool:
         self.write_seconds = time.monotonic() - self._parsed_at
+        if self._shifted:
+            return True
         if self._passed_end:
             return False
         body = json_body(response)
         received = len(records_in(body, "data"))
-        if self.count == 1 and 0 < received < self._page_size and body.get("next"):
-            self._page_size = received  # the server's cap on `limit`
-        more = body.get("next") not in _END_OF_LIST and received >= self._page_size
+        goes_on = body.get("next") not in _END_OF_LIST
+        capped = goes_on and 0 < received < self._sent[1]
+        if capped:
+            self._limit_cap = received  # the server's cap on `limit`
+        more = goes_on and (capped or received >= self._sent[1])
         self.reached_end_of_list = not more
         if self._on_page is not None:
             self._on_page(self._instants)
@@ -162,11 +227,14 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
 
     def get_next(self, response: requests.Response) -> Keyset:
         page_end = self._page_end
-        if page_end is None or not self.current_value.precedes(page_end):
+        current = self.current_value
+        # A shift allows one step back, to read the same instant again.
+        rereading = page_end is not None and page_end.reread and not current.reread
+        if page_end is None or not (rereading or current.precedes(page_end)):
             msg = (
                 f"stream '{self._stream_name}': page {self.count} of GET "
                 f"{safe_url(response.url)} made no progress past "
-                f"{self.current_value.describe()}; stopping instead of looping"
+                f"{current.describe()}; stopping instead of looping"
             )
             raise CursorLoopError(msg)
         return page_end

@@ -118,10 +118,11 @@ class V1JobsStream(AnalyticsStream):
     ) -> dict[str, t.Any]:
         paginator = self._paginator(context)
         self._paging.current = paginator  # for parse_response, next in this thread
+        offset, limit = paginator.query(next_page_token or paginator.current_value)
         keyset = next_page_token or paginator.current_value
         params: dict[str, t.Any] = {
-            "limit": self.page_size,
-            "offset": keyset.offset,
+            "limit": limit,
+            "offset": offset,
             "orderBy": "updatedAt|ASC",
         }
         if keyset.since is not None:

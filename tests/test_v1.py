@@ -26,33 +26,43 @@ def instant(value: str) -> datetime.datetime:
     raise AssertionError(f"unexpected sandbox timestamp {value!r}")
 
 
-def keysets(queries: list[dict[str, list[str]]]) -> list[tuple[str | None, int]]:
-    """(updatedAtStart as an instant, offset) of each jobs request."""
+def keysets(
+    queries: list[dict[str, list[str]]],
+) -> list[tuple[str | None, int, int]]:
+    """(updatedAtStart as an instant, offset, limit) of each jobs request."""
     return [
         (
             datetime.datetime.fromisoformat(q["updatedAtStart"][0]).isoformat()
             if "updatedAtStart" in q
             else None,
             int(q["offset"][0]),
+            int(q["limit"][0]),
         )
         for q in queries
     ]
 
 
 def expected_keysets(
-    emitted: list[dict[str, str]], page_size: int, first: str | None = None
-) -> list[tuple[str | None, int]]:
-    """Keyset paging as issue 10 states it, from the jobs in the order emitted:
-    page n+1 starts at the lastUpdatedAt of page n's last job, skipping the jobs
-    already received at exactly that instant."""
-    expected: list[tuple[str | None, int]] = [(first, 0)]
-    for end in range(page_size, len(emitted), page_size):
+    emitted: list[dict[str, str]],
+    page_size: int,
+    first: str | None = None,
+    first_page: int | None = None,
+) -> list[tuple[str | None, int, int]]:
+    """Keyset paging as issue 10 states it, from the jobs in the order emitted,
+    with one job of overlap: page n+1 starts at the lastUpdatedAt of page n's last
+    job, skipping the jobs already received at exactly that instant but the last
+    one (asked again, to check that the group did not shift), and asks one job
+    more than ``page_size``, the new jobs per page after the first.
+    (updatedAtStart, offset, limit) of each request."""
+    first_page = page_size if first_page is None else first_page
+    expected: list[tuple[str | None, int, int]] = [(first, 0, first_page)]
+    for end in range(first_page, len(emitted), page_size):
         last = datetime.datetime.fromisoformat(emitted[end - 1]["lastUpdatedAt"])
         ties = sum(
             datetime.datetime.fromisoformat(job["lastUpdatedAt"]) == last
             for job in emitted[:end]
         )
-        expected.append((last.isoformat(), ties))
+        expected.append((last.isoformat(), ties - 1, page_size + 1))
     return expected
 
 
@@ -139,7 +149,9 @@ def test_full_sync_emits_exactly_the_dataset(
     assert keysets(job_pages) == expected_keysets(
         out.records.get("jobs", []), page_size
     )
-    assert {q["limit"][0] for q in job_pages} == {str(page_size)}
+    # the first page asks page_size jobs, the next ones one more (the overlap)
+    assert [q["limit"][0] for q in job_pages[:1]] == [str(page_size)]
+    assert {q["limit"][0] for q in job_pages[1:]} <= {str(page_size + 1)}
     assert {q["orderBy"][0] for q in job_pages} == {"updatedAt|ASC"}
     # one token for the whole run, not one per stream or request
     assert len([r for r in server.requests if r["path"] == "/token"]) == 1
@@ -198,8 +210,14 @@ def test_a_server_cap_on_limit_does_not_end_the_stream_early(sandbox):
     expected = sorted(j["jobId"] for j in server.dataset["v1"]["jobs"])
     assert sorted(out.keys("jobs", "jobId")) == expected
     queries = [r["query"] for r in server.requests if r["path"] == "/v1/jobs"]
-    # pages of the server's size, none lost
-    assert keysets(queries) == expected_keysets(out.records["jobs"], 60)
+    # pages of the server's size, none lost: 60 jobs on the first page (asked
+    # 100), then 59 new ones and the overlap (asked 60, the cap)
+    paged = expected_keysets(out.records["jobs"], 59, first_page=60)
+    assert keysets(queries) == [
+        (since, offset, 100 if number == 0 else 60)
+        for number, (since, offset, _) in enumerate(paged)
+    ]
+    assert len(queries) == 1 + math.ceil((250 - 60) / 59)
 
 
 @pytest.mark.parametrize("suffix", ["Z", "+00:00", ".000000+00:00"])

@@ -194,7 +194,7 @@ def test_tie_groups_longer_than_a_page_are_paged_by_offset_within_the_tie(
     )
     assert sorted(out.keys("jobs", "jobId")) == expected  # each job exactly once
     queries = jobs_requests(server)
-    assert max(offset for _, offset in keysets(queries)) > 3  # a tie spans pages
+    assert max(offset for _, offset, _ in keysets(queries)) > 3  # a tie spans pages
     if workers == 1:
         assert len(queries) == math.ceil(len(expected) / 3)
         assert keysets(queries) == expected_keysets(
@@ -421,3 +421,33 @@ def test_live_mode_is_deterministic_with_the_seed(sandbox):
         server.move_jobs(10)
         datasets.append(server.dataset["v1"]["jobs"])
     assert datasets[0] == datasets[1]
+
+
+# --- the overlap: a job received last changes before the next page -------------
+
+
+def rereads(queries: list[dict[str, list[str]]]) -> int:
+    """Requests that read an instant again: the same ``updatedAtStart`` as the
+    request before, at no greater offset (a tie group paged on moves forward)."""
+    sent = keysets(queries)
+    return sum(
+        later[0] == earlier[0] and later[1] <= earlier[1]
+        for earlier, later in itertools.pairwise(sent)
+    )
+
+
+def test_a_shifted_tie_group_is_read_again_and_nothing_is_lost(sandbox):
+    # Few jobs, many moving on every page (serial, seeded: deterministic): the
+    # job received last changes before the next page, which offset k would skip.
+    server = sandbox(v1_jobs=100, live_moves_per_page=6)
+    config = v1_config(server, page_size=10, max_concurrent_requests=1)
+    first = sync(config)
+    queries = jobs_requests(server)
+    server.freeze()
+    second = sync(config, state=first.final_state)
+
+    assert rereads(queries) > 0  # the overlap saw a shift and read it again
+    versions = [(j["jobId"], j["lastUpdatedAt"]) for j in first.records["jobs"]]
+    assert len(versions) == len(set(versions))  # nothing emitted twice
+    emitted = last_versions(first.records["jobs"], second.records.get("jobs", []))
+    assert emitted == current_jobs(server)
