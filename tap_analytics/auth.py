@@ -23,9 +23,9 @@ from tap_analytics.errors import (
     connection_problem,
     describe_failure,
     raise_if_untrusted,
-    safe_url,
 )
 from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
+from tap_analytics.urls import safe_url
 
 if t.TYPE_CHECKING:
     from tap_analytics.concurrency import RateLimiter

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from singer_sdk.pagination import BaseAPIPaginator
 
-from tap_analytics.errors import APIResponseError, CursorLoopError, safe_url
+from tap_analytics.errors import APIResponseError, CursorLoopError
 from tap_analytics.responses import json_body, records_in
 from tap_analytics.timestamps import parse_timestamp
+from tap_analytics.urls import safe_url
 
 if t.TYPE_CHECKING:
     import datetime

@@ -10,7 +10,8 @@ import typing as t
 
 import msgspec
 
-from tap_analytics.errors import APIResponseError, safe_url
+from tap_analytics.errors import APIResponseError
+from tap_analytics.urls import safe_url
 
 if t.TYPE_CHECKING:
     import requests

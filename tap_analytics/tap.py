@@ -32,7 +32,6 @@ from tap_analytics.errors import (
     TapAnalyticsError,
     TargetClosedPipeError,
     connection_problem,
-    safe_url,
 )
 from tap_analytics.interrupts import RunInterrupted, raise_interrupted, resumable_state
 from tap_analytics.logs import DEMOTE_SDK_NOISE
@@ -41,7 +40,7 @@ from tap_analytics.retry import MAX_ATTEMPTS
 from tap_analytics.run_stats import RunStats
 from tap_analytics.streams import V1_STREAMS, V3_STREAMS
 from tap_analytics.timestamps import parse_timestamp
-from tap_analytics.urls import is_absolute_url
+from tap_analytics.urls import is_absolute_url, safe_url
 
 if t.TYPE_CHECKING:
     from types import FrameType
