@@ -114,11 +114,29 @@ print_info() {
     fi
 }
 
-drop_db() {
-    # Runs as the role: it owns the databases it made, and CREATEDB lets it drop them.
-    role_psql -v db="$1" <<'SQL'
+drop_sql() {
+    "$@" -v db="$DROP_NAME" <<'SQL'
 SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', :'db') \gexec
 SQL
+}
+
+drop_db() {
+    # WITH (FORCE) ends the sessions still on the database, but the role may end
+    # only its own: an autovacuum worker busy on freshly loaded tables makes the
+    # role's DROP fail now and then. As root the superuser drops it (it may end
+    # any session); otherwise the role tries again once the worker is done.
+    DROP_NAME="$1"
+    if is_root; then
+        drop_sql su_psql
+        return
+    fi
+    local attempt
+    for attempt in 1 2 3 4 5; do
+        drop_sql role_psql && return
+        log "could not drop $DROP_NAME yet (attempt $attempt); retrying"
+        sleep 1
+    done
+    drop_sql role_psql
 }
 
 create_db() {
