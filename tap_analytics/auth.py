@@ -17,7 +17,6 @@ import requests
 from singer_sdk.authenticators import OAuthAuthenticator
 from singer_sdk.exceptions import RetriableAPIError
 
-from tap_analytics.concurrency import mount_rate_limited
 from tap_analytics.errors import (
     TapAnalyticsError,
     connection_problem,
@@ -25,11 +24,12 @@ from tap_analytics.errors import (
     raise_if_untrusted,
 )
 from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
+from tap_analytics.transport import mount_rate_limited
 from tap_analytics.urls import safe_url
 
 if t.TYPE_CHECKING:
-    from tap_analytics.concurrency import RateLimiter
     from tap_analytics.run_stats import RunStats
+    from tap_analytics.transport import RateLimiter
 
 # Ask for a new token this long before the old one expires (or a quarter of its
 # lifetime when that is shorter), so a request never leaves with a token that

@@ -17,7 +17,7 @@ from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
 
-from tap_analytics import concurrency
+from tap_analytics import concurrency, transport
 from tap_analytics.auth import ClientCredentialsAuthenticator
 from tap_analytics.errors import (
     APIResponseError,
@@ -80,7 +80,7 @@ class AnalyticsStream(RESTStream[t.Any]):
         # tap_analytics.concurrency and the main thread),
         # every request paced by the run's rate limiter.
         workers = int(self.analytics_tap.setting("max_concurrent_requests"))
-        concurrency.mount_rate_limited(
+        transport.mount_rate_limited(
             session, self.analytics_tap.rate_limiter, pool_maxsize=workers + 1
         )
         self._logged_once: set[str] = set()

@@ -1,6 +1,6 @@
-"""Everything concurrent in one place: the page pool and the run's rate limiter.
+"""The page pool: requests fetched concurrently, read in order by the main thread.
 
-**Page pool.** The SDK syncs a parent's children one parent record at a time, so a
+The SDK syncs a parent's children one parent record at a time, so a
 latency-bound API (v3: workflows → jobs → job results) would be walked one request
 after another. Here a top-level parent's records are read a few ahead, and the
 requests of their children (and of the children's children) run in a pool of
@@ -27,13 +27,8 @@ Streams that read the same request for the same parent (v3 ``jobs`` and
 ``successful_jobs``) share one fetch: its pages are kept until the last reader has
 read them (earlier readers get copies), so such a request should be small.
 
-**Rate limiter.** One :class:`RateLimiter` per run paces every request of every
-thread (data and token requests): an optional client-side limit, and whatever the
-server says (``RateLimit-*``/``X-RateLimit-*`` headers, 429 with ``Retry-After``)
-makes every thread wait, not only the one that got the answer.
-
-This module imports only the leaf :mod:`tap_analytics.retry` (for ``Retry-After``),
-so any module, :mod:`tap_analytics.auth` included, can use it.
+Every request a worker sends is paced by the run's one rate limiter
+(:mod:`tap_analytics.transport`), like the main thread's.
 """
 
 from __future__ import annotations
@@ -48,14 +43,9 @@ import time
 import typing as t
 import weakref
 
-from requests.adapters import HTTPAdapter
-
-from tap_analytics.retry import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
-
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    import requests
     from singer_sdk.helpers.types import Context
     from singer_sdk.streams import Stream
 
@@ -406,122 +396,3 @@ class Prefetcher:
         except Exception as exc:  # raised again in the main thread, in order
             return page, True, exc
         return page, True, None
-
-
-class RateLimiter:
-    """Paces every request of a run, from every thread.
-
-    ``per_second`` spaces requests evenly (no bursts). Independently, the server's
-    word is followed: when a response says no request is left in its window
-    (``RateLimit-Remaining: 0``), or a 429 names a ``Retry-After``, every thread
-    waits until then. The server's count is corrected by the requests sent since the
-    one it answered, so threads stop before the limit instead of after it.
-    """
-
-    def __init__(
-        self,
-        per_second: float | None,
-        on_request: Callable[[], None] | None = None,
-    ) -> None:
-        self._interval = 1.0 / per_second if per_second else 0.0
-        self._on_request = on_request
-        self._lock = threading.Lock()
-        self._next_slot = 0.0  # monotonic time of the next request (per_second)
-        self._paused_until = 0.0  # after a 429 with Retry-After
-        self._sent = 0  # requests sent so far; numbers each request
-        self._left: int | None = None  # the server's count, less requests sent since
-        self._window_end = 0.0  # when the server's count resets
-
-    def before_request(self) -> int:
-        """Wait until a request may go; return its number for :meth:`after_response`."""
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                if now >= self._window_end:
-                    self._left = None
-                until = self._paused_until
-                if self._left is not None and self._left <= 0:
-                    until = max(until, self._window_end)
-                if until <= now:
-                    slot = max(now, self._next_slot)
-                    self._next_slot = slot + self._interval
-                    if self._left is not None:
-                        self._left -= 1
-                    self._sent += 1
-                    number = self._sent
-                    break
-            time.sleep(until - now)
-        if self._on_request is not None:
-            self._on_request()
-        if slot > now:
-            time.sleep(slot - now)
-        return number
-
-    def after_response(self, number: int, response: requests.Response) -> None:
-        """Learn from a response what the server allows (request ``number``)."""
-        headers = response.headers
-        remaining = _header_number(headers, "RateLimit-Remaining")
-        reset = _reset_seconds(headers)
-        retry_after = (
-            retry_after_seconds(response) if response.status_code == 429 else None
-        )
-        if remaining is None and retry_after is None:
-            return
-        now = time.monotonic()
-        with self._lock:
-            if remaining is not None and reset is not None:
-                self._window_end = now + reset
-                # Requests sent after this one were not counted by the server yet.
-                self._left = int(remaining) - (self._sent - number)
-            if retry_after is not None:
-                self._paused_until = max(self._paused_until, now + retry_after)
-
-
-class RateLimitedAdapter(HTTPAdapter):
-    """A connection pool whose every request (retries too) is paced by a limiter."""
-
-    def __init__(self, limiter: RateLimiter, **kwargs: t.Any) -> None:
-        self._limiter = limiter
-        super().__init__(**kwargs)
-
-    def send(
-        self, request: requests.PreparedRequest, *args: t.Any, **kwargs: t.Any
-    ) -> requests.Response:
-        number = self._limiter.before_request()
-        response = super().send(request, *args, **kwargs)
-        self._limiter.after_response(number, response)
-        return response
-
-
-def mount_rate_limited(
-    session: requests.Session, limiter: RateLimiter, pool_maxsize: int = 10
-) -> None:
-    """Send every request of ``session`` once, through ``limiter``.
-
-    Retries belong to :mod:`tap_analytics.retry` alone. A retry below requests
-    (urllib3's ``Retry``) would multiply the attempts that policy counts and sleep
-    for any ``Retry-After`` without its cap: the SDK's OAuth authenticator mounts
-    one (10 tries) on ``https://``, which made an unreachable token URL take
-    minutes to fail. ``max_retries=0`` says so explicitly.
-    """
-    adapter = RateLimitedAdapter(limiter, pool_maxsize=pool_maxsize, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-
-
-def _header_number(headers: t.Mapping[str, str], name: str) -> float | None:
-    """``name`` or its older ``X-`` form, as a number; None if absent or garbled."""
-    value = headers.get(name) or headers.get(f"X-{name}")
-    try:
-        return None if value is None else float(value)
-    except ValueError:
-        return None
-
-
-def _reset_seconds(headers: t.Mapping[str, str]) -> float | None:
-    reset = _header_number(headers, "RateLimit-Reset")
-    if reset is None:
-        return None
-    if reset > 1_000_000_000:  # X-RateLimit-Reset as a Unix time (GitHub's way)
-        reset -= time.time()
-    return min(max(reset, 0.0), MAX_RETRY_AFTER_SECONDS)

@@ -5,7 +5,7 @@ The SDK retries 5 times with its own exponential factor and ignores
 ``factor * 2**(n-1)`` seconds and a server's ``Retry-After`` taking precedence.
 The SDK's backoff hooks call :func:`backoff_waits`; nothing else retries: every
 session the tap sends through is mounted by
-:func:`tap_analytics.concurrency.mount_rate_limited`, which never retries.
+:func:`tap_analytics.transport.mount_rate_limited`, which never retries.
 """
 
 from __future__ import annotations

@@ -1,0 +1,78 @@
+"""``tap-analytics``: the SDK's command line, with expected failures on one line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+
+import requests
+import simplejson  # the SDK reads --config, --state and --catalog with it
+from singer_sdk.exceptions import (
+    FatalAPIError,
+    InvalidStreamSortException,
+    MappingError,
+    RetriableAPIError,
+)
+
+from tap_analytics.concurrency import Prefetcher
+from tap_analytics.errors import (
+    TapAnalyticsError,
+    TargetClosedPipeError,
+    connection_problem,
+)
+from tap_analytics.interrupts import RunInterrupted
+from tap_analytics.retry import MAX_ATTEMPTS
+from tap_analytics.tap import TapAnalytics
+from tap_analytics.urls import safe_url
+
+
+def failure_message(exc: BaseException) -> str | None:
+    """One line for an expected failure; ``None`` for a bug (keep the traceback)."""
+    if isinstance(exc, (json.JSONDecodeError, simplejson.JSONDecodeError)):
+        # The message is a position, never the file's content.
+        return f"a --config, --state or --catalog file is not valid JSON: {exc}"
+    if isinstance(exc, FileNotFoundError):
+        return str(exc)
+    if isinstance(exc, MappingError):
+        return f"stream_maps: {exc}"
+    if isinstance(exc, RetriableAPIError):
+        return f"{exc} (gave up after {MAX_ATTEMPTS} attempts)"
+    if isinstance(exc, (TapAnalyticsError, FatalAPIError)):
+        return str(exc)
+    if isinstance(exc, InvalidStreamSortException):
+        return f"records out of replication-key order: {exc}"
+    if isinstance(exc, requests.RequestException):
+        url = safe_url(exc.request.url) if exc.request and exc.request.url else "?"
+        return (
+            f"cannot reach GET {url}: {connection_problem(exc)} "
+            f"(gave up after {MAX_ATTEMPTS} attempts)"
+        )
+    return None
+
+
+def main() -> None:
+    """``tap-analytics``: the SDK's CLI, with expected failures on one line."""
+    try:
+        TapAnalytics.cli()
+    except RunInterrupted as interrupt:
+        Prefetcher.cancel_all()
+        with contextlib.suppress(TargetClosedPipeError, OSError):  # target gone too
+            interrupt.write_state()
+            sys.stdout.flush()
+        print(f"tap-analytics: {interrupt.message}", file=sys.stderr, flush=True)
+        # Without waiting for child requests still in flight in the prefetch pool
+        # (Python joins its threads at exit): stopping promptly is the point.
+        os._exit(interrupt.exit_code)
+    except Exception as exc:
+        message = failure_message(exc)
+        if message is None:
+            raise
+        Prefetcher.cancel_all()  # nobody will read what is still queued
+        TapAnalytics.logger.debug("Failure", exc_info=True)
+        if isinstance(exc, TargetClosedPipeError):
+            # Else Python's flush of stdout at exit reports the broken pipe again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"tap-analytics: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
