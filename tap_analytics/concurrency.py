@@ -363,7 +363,10 @@ class Prefetcher:
                 return
             page, finished, error = self._fetch_page(fetch)
             if page and fetch.generation == self._generation and not fetch.dropped:
-                fetch.on_page(fetch, page)
+                try:
+                    fetch.on_page(fetch, page)
+                except Exception as exc:  # e.g. a bad STATE: the main thread says
+                    finished, error = True, exc
             with self._cond:
                 self._in_flight -= 1
                 dropped = fetch.generation != self._generation or fetch.dropped

@@ -13,7 +13,8 @@ has written all of them, no later run needs to ask for them again. The
     job that run completed.
 
 A job is fetched unless its uid is loaded or it finished before W - lookback; a
-job without ``finish_time`` is always fetched (and never recorded).
+job without a ``finish_time`` (or with one that is not a date-time) is always
+fetched, and never recorded.
 
 **Why W - lookback is enough.** A job is listed as finished at most 5 minutes
 after its ``finish_time``. A completed run sets W to the older of the newest
@@ -101,11 +102,15 @@ class LoadedResults:
         self._finished: dict[str, datetime.datetime] = {}
         self._newest: datetime.datetime | None = None
 
-    def wants(self, uid: str, finish_time: str | None) -> bool:
+    def wants(self, uid: str, finish_time: t.Any) -> bool:
         """Whether the results of this listed successful job must be fetched."""
-        if finish_time is None:
+        # Without a usable finish_time: fetched every run, and never recorded.
+        if not isinstance(finish_time, str):
             return True
-        finished = parse_timestamp(finish_time)
+        try:
+            finished = parse_timestamp(finish_time)
+        except ValueError:
+            return True
         with self._lock:
             if self._newest is None or finished > self._newest:
                 self._newest = finished

@@ -270,8 +270,8 @@ class V3JobResultsStream(V3Stream, ChildStream):
             yield record
         # The SDK writes each record before it asks for the next, so every result
         # of this job is written now (pool workers fetch ahead, but only the
-        # main thread gets here). A job that answered 404 is not recorded: if it
-        # is listed again, the 404 was wrong and its results are fetched.
+        # main thread gets here). A job that answered 404 is not recorded: a run
+        # that finds it listed again within the lookback asks again.
         assert context is not None  # a child stream: one context per job
         self._jobs_fetched += 1
         if context["parent_id"] in self.gone_parents:
