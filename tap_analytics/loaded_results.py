@@ -78,9 +78,11 @@ class RunClock:
             return
         self._from_server = True  # only the first response counts, Date or not
         try:
-            self.started_at = parsedate_to_datetime(response.headers["Date"])
+            date = parsedate_to_datetime(response.headers["Date"])
         except (KeyError, TypeError, ValueError):
             return
+        # HTTP dates are in GMT; "-0000" parses as naive
+        self.started_at = date if date.tzinfo else date.replace(tzinfo=datetime.UTC)
 
 
 class LoadedResults:

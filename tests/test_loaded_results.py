@@ -118,11 +118,14 @@ def test_the_run_clock_is_the_date_of_the_first_response():
     clock.observe(dated)
     assert clock.started_at == local  # only the first response counts
 
+    moment = datetime.datetime(2024, 12, 31, 23, 59, 30, tzinfo=datetime.UTC)
     clock = RunClock()
     clock.observe(dated)
-    assert clock.started_at == datetime.datetime(
-        2024, 12, 31, 23, 59, 30, tzinfo=datetime.UTC
-    )
+    assert clock.started_at == moment
+    clock = RunClock()
+    dated.headers["Date"] = "Tue, 31 Dec 2024 23:59:30 -0000"  # naive when parsed
+    clock.observe(dated)
+    assert clock.started_at == moment
 
 
 # --- a year of hourly runs -----------------------------------------------------------
