@@ -53,8 +53,6 @@ if t.TYPE_CHECKING:
 
 WATERMARK = "watermark"
 LOADED_JOBS = "loaded_jobs"
-#: API.md: a job is listed as finished at most this long after its finish_time.
-LISTING_LAG = datetime.timedelta(minutes=5)
 
 
 class InvalidStateError(TapAnalyticsError):
