@@ -298,8 +298,8 @@ class V3JobResultsStream(V3Stream, ChildStream):
         self._write_state_message()
         watermark = "none" if loaded.watermark is None else loaded.watermark.isoformat()
         self.log(
-            "Fetched the results of %d jobs, none loaded by an earlier run "
-            "(STATE now: watermark %s, %d job uids; lookback %s minutes)",
+            "Fetched the results of %d jobs not loaded before; STATE now: "
+            "watermark %s, %d job uids (lookback %s minutes)",
             self._jobs_fetched,
             watermark,
             loaded.size,

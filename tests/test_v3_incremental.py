@@ -330,3 +330,29 @@ def test_a_state_this_tap_did_not_write_is_one_line_naming_the_key(sandbox, tmp_
             "every job's results"
         )
         assert "Traceback" not in run.stderr
+
+
+def test_a_run_that_skips_every_job_logs_no_warning_and_says_what_it_did(
+    sandbox, tmp_path
+):
+    server = sandbox()
+    config = v3_config(server)
+    first = run_cli(config=config, tmp_path=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps(Output.parse(first.stdout).final_state))
+    server.clear_requests()
+
+    second = run_cli("--state", str(state), config=config, tmp_path=tmp_path)
+
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert result_pages(server) == []
+    levels = {line.split(" | ")[1].strip() for line in second.stderr.splitlines()}
+    assert levels == {"INFO"}, second.stderr[-2000:]
+    (line,) = [ln for ln in second.stderr.splitlines() if "Fetched the results" in ln]
+    loaded = entry(Output.parse(second.stdout))
+    assert line.endswith(
+        "Fetched the results of 0 jobs not loaded before; STATE now: watermark "
+        f"{loaded['watermark']}, {len(loaded['loaded_jobs'])} job uids "
+        "(lookback 30 minutes)"
+    )
