@@ -266,6 +266,13 @@ class AnalyticsStream(RESTStream[t.Any]):
         is synced once per parent).
         """
 
+    def publish_state(self) -> None:
+        """Put what this stream holds back from its state entry into it.
+
+        Called before the STATE written at an interrupt, which a rerun resumes
+        from; the SDK has no hook there either.
+        """
+
     # --- retry policy (API.md "Both families"; see tap_analytics.retry) ------
 
     def backoff_wait_generator(self) -> Generator[float, t.Any, None]:

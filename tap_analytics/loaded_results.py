@@ -34,8 +34,9 @@ requests.
 jobs that finished between W - lookback and the end of the run: about
 ``rate * (lookback + time from W to the run's end)``, some 40 bytes each,
 whatever the account's history. A run that is interrupted does not move W and
-adds every job it completed, so after an interrupted first run the list holds
-every job that run loaded; the next completed run prunes it again.
+adds every job it completed (one killed outright, those of its last STATE), so
+after an interrupted first run the list holds every job that run loaded; the
+next completed run prunes it again.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class LoadedResults:
         self._cutoff = None if self._watermark is None else self._watermark - lookback
         self._loaded: list[str] = _read_loaded(state.get(LOADED_JOBS))
         self._loaded_set = set(self._loaded)
+        self._pending: list[str] = []  # loaded, not yet in the state entry
         #: finish_time of the listed jobs that may stay in (or join) loaded_jobs
         self._finished: dict[str, datetime.datetime] = {}
         self._newest: datetime.datetime | None = None
@@ -120,16 +122,22 @@ class LoadedResults:
             return uid not in self._loaded_set
 
     def loaded(self, uid: str) -> None:
-        """All results of ``uid`` were written: the next STATE says so."""
+        """All results of ``uid`` were written: ``publish`` puts it in the state."""
         if uid in self._loaded_set or uid not in self._finished:
             return  # no finish_time: fetched every run, never recorded
         self._loaded_set.add(uid)
-        self._loaded.append(uid)
-        self._state[LOADED_JOBS] = self._loaded
+        self._pending.append(uid)
+
+    def publish(self) -> None:
+        """Put the jobs loaded since the last call into the state entry."""
+        if self._pending:
+            self._loaded.extend(self._pending)
+            self._pending.clear()
+            self._state[LOADED_JOBS] = self._loaded
 
     @property
     def size(self) -> int:
-        """Uids in ``loaded_jobs``."""
+        """Uids in the state entry's ``loaded_jobs``."""
         return len(self._loaded)
 
     @property
@@ -143,7 +151,8 @@ class LoadedResults:
             if self._watermark is None or reached > self._watermark:
                 self._watermark = reached
         if self._watermark is None:
-            return  # nothing finished was listed: nothing to remember
+            self.publish()  # nothing finished was listed: nothing to prune
+            return
         cutoff = self._watermark - self._lookback
         # Uids not listed by this run belong to deleted jobs: they go too.
         self._loaded = sorted(
@@ -152,6 +161,7 @@ class LoadedResults:
             if (finished := self._finished.get(uid)) is not None and finished >= cutoff
         )
         self._loaded_set = set(self._loaded)
+        self._pending.clear()
         self._state[WATERMARK] = self._watermark.isoformat()
         self._state[LOADED_JOBS] = self._loaded
 

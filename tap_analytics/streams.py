@@ -276,18 +276,26 @@ class V3JobResultsStream(V3Stream, ChildStream):
         self._jobs_fetched += 1
         if context["parent_id"] in self.gone_parents:
             return
-        self.loaded_results.loaded(context["parent_id"])
+        loaded = self.loaded_results
+        loaded.loaded(context["parent_id"])
         self._records_since_state += written
-        # The SDK writes a STATE after every job that wrote a record. Each STATE
-        # carries the whole list, which grows long in a first run: written only
-        # once as many results were written as it holds uids, STATE costs about
-        # 40 bytes per result at most, and a run from a recent STATE (a short
-        # list) still writes it after every job. A STATE held back here is
-        # written with a later one, at the end, or at an interrupt.
-        due = self._records_since_state >= self.loaded_results.size
-        self.state_manager.is_flushed = not due
-        if due:
+        # The SDK writes a STATE after every parent (of this stream and of its
+        # parents) when the state changed, and each carries the whole list,
+        # which grows long in a first run: written after every job, STATE would
+        # grow with the square of the jobs. The list changes only once as many
+        # results were written as it holds uids (STATE output: about 35 bytes a
+        # result at 50 results a job, 150 at one), and a run from a recent
+        # STATE (a short list) still lists each job in the STATE after its
+        # results. Jobs held back are listed later, at the end, or at an
+        # interrupt (publish_state).
+        if self._records_since_state >= loaded.size:
+            loaded.publish()
             self._records_since_state = 0
+
+    def publish_state(self) -> None:
+        # Only if this run read the state entry: else nothing is held back.
+        if "loaded_results" in self.__dict__:
+            self.loaded_results.publish()
 
     def sync_completed(self) -> None:
         if not self.selected:

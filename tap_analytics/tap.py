@@ -179,6 +179,8 @@ class TapAnalytics(Tap):
         # Before the input state is loaded there is nothing a rerun could use, and
         # an empty STATE would replace the bookmarks an orchestrator keeps.
         if self._state_loaded:
+            for stream in self.streams.values():
+                t.cast("AnalyticsStream", stream).publish_state()
             self.write_message(StateMessage(value=resumable_state(self.state)))
 
     # The SDK marks sync_all final but has no hook after the last stream, where

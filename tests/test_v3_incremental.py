@@ -12,8 +12,6 @@ import datetime
 import json
 import math
 import signal
-import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from tap_analytics import concurrency
@@ -82,6 +80,10 @@ def test_a_run_asks_only_for_the_results_of_jobs_that_finished_since(sandbox):
     assert sorted(result_pages(server)) == sorted(
         uid for uid in ok for _ in range(2)
     )  # 50 results: two pages each
+    # The list of loaded jobs grows to hundreds in a first run; STATE messages
+    # carry it only now and then: under 40 bytes per result written.
+    results = len(first.records["job_results"])
+    assert sum(len(json.dumps(state)) for state in first.states) < 40 * results
     watermark = instant(entry(first)["watermark"])
 
     server.clear_requests()
@@ -150,29 +152,31 @@ def assert_state_after_each_job(out: Output) -> None:
     assert pending is None
 
 
-def test_a_long_run_cannot_let_a_job_listed_late_fall_behind_its_watermark(sandbox):
+def test_a_long_run_cannot_let_a_job_listed_late_fall_behind_its_watermark(
+    sandbox, monkeypatch
+):
     # A run reads workflows one after another for as long as results take. Jobs
     # that finish meanwhile in workflows it has already read are missing from
     # it, while later workflows list jobs that finished after them: a watermark
     # at the newest finish_time seen would pass them, and the next run would
     # never ask for their results.
-    server = sandbox(**ACCOUNT, latency_ms=2)
+    server = sandbox(**ACCOUNT)
     config = v3_config(server, max_concurrent_requests=1)
     workflows = [w["uid"] for w in server.dataset["v3"]["workflows"]]
     added: list[str] = []
+    api = server._api
+    list_jobs = api._v3_workflow_jobs
 
-    def finish_jobs_while_the_run_reads() -> None:
-        # Two hours of server time pass during the run, in two steps.
-        for listed in (4, 14):
-            path = f"/v3/workflows/{workflows[listed]}/jobs"
-            while not any(r["path"] == path for r in server.requests):
-                time.sleep(0.001)
+    def listing_while_hours_pass(workflow_uid: str) -> Any:
+        # An hour passes (and 20 jobs finish) just before the 5th and the 15th
+        # workflow's jobs are listed.
+        if workflow_uid in (workflows[4], workflows[14]):
             added.extend(server.advance_v3(3600, add=20)["added"])
+        return list_jobs(workflow_uid)
 
-    changer = threading.Thread(target=finish_jobs_while_the_run_reads)
-    changer.start()
+    monkeypatch.setattr(api, "_v3_workflow_jobs", listing_while_hours_pass)
     first = sync(config)
-    changer.join()
+    monkeypatch.undo()
 
     emitted = set(first.keys("job_results", "job_uid"))
     jobs = {job["uid"]: job for job in server.dataset["v3"]["jobs"]}
@@ -356,3 +360,14 @@ def test_a_run_that_skips_every_job_logs_no_warning_and_says_what_it_did(
         f"{loaded['watermark']}, {len(loaded['loaded_jobs'])} job uids "
         "(lookback 30 minutes)"
     )
+
+
+def test_state_output_stays_small_when_jobs_have_one_result_each(sandbox):
+    # The worst case for the list's cost: a uid per result. Each STATE lists
+    # at most twice as many uids as results were written since the one before.
+    server = sandbox(v3_workflows=2000, v3_jobs_per_workflow=1, v3_results_per_job=1)
+    out = sync(v3_config(server))
+    results = len(out.records["job_results"])
+    assert results > 1000
+    assert len(out.states) < 30
+    assert sum(len(json.dumps(state)) for state in out.states) < 2 * 80 * results
