@@ -9,7 +9,9 @@ and peak RSS count the same way for all of them:
 
 - ``tap``: the real ``tap-analytics --config cfg.json``, with each scenario's tap
   settings (v1-latency and v3-latency: also ``tap (serial)``,
-  ``max_concurrent_requests: 1``);
+  ``max_concurrent_requests: 1``; v3-latency: also ``tap, next run``, with
+  ``--state`` from an untimed ``tap`` run just before: nothing new since, so no
+  result is fetched again);
 - ``plain loop``: ``python scripts/bench.py --plain-loop SCENARIO BASE_URL``, which
   fetches the same pages one after another and writes one JSON line per record.
 
@@ -75,6 +77,9 @@ class Scenario:
     scaled: tuple[str, ...]  # the data sizes that --scale multiplies
     # (label, tap settings) of each tap run; the plain loop always runs last.
     taps: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # Also time the first tap's next run, from the STATE of one before it (v3:
+    # nothing new since, so no result is fetched again).
+    next_run: bool = False
 
     def sandbox_settings(self, *, smoke: bool, scale: float) -> dict[str, int]:
         base = self.smoke if smoke else self.settings
@@ -158,6 +163,7 @@ SCENARIOS = {
             ("tap", {"max_concurrent_requests": 8}),
             ("tap (serial)", {"max_concurrent_requests": 1}),
         ),
+        next_run=True,
     ),
     # Large results (issue 11): peak RSS must not grow with results per job, nor
     # with the number of workers.
@@ -218,6 +224,9 @@ class Contender:
     label: str
     argv: tuple[str, ...]
     singer: bool  # stdout is Singer messages (else one record per line)
+    # A next run: ``--state state_file``, written from an untimed run of ``first``.
+    state_file: Path | None = None
+    first: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -468,6 +477,13 @@ def _contenders(scenario: Scenario, base_url: str, workdir: Path) -> list[Conten
     else:
         for label, settings in scenario.taps:
             taps.append(tap(label, {"api_key": API_KEY, **settings}))
+    if scenario.next_run:
+        state = workdir / "state.json"
+        first = taps[0]
+        argv = (*first.argv, "--state", str(state))
+        taps.append(
+            Contender(f"{first.label}, next run", argv, True, state, first.argv)
+        )
     loop = Contender(
         "plain loop",
         (sys.executable, __file__, "--plain-loop", scenario.name, base_url),
@@ -561,8 +577,25 @@ def count_output(contender: Contender, workdir: Path) -> int:
     return count
 
 
-def smoke_problems(outcomes: list[Outcome], counted: dict[str, int]) -> list[str]:
-    """Where the contenders disagree on records or requests, or a counter lies."""
+def write_first_state(contender: Contender) -> None:
+    """The last STATE of an untimed run of ``contender.first``, for its next run."""
+    assert contender.state_file is not None
+    done = subprocess.run(contender.first, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise ChildFailedError(f"exit {done.returncode}:\n{done.stderr[-2000:]}")
+    states = [
+        m for m in map(json.loads, done.stdout.splitlines()) if m["type"] == "STATE"
+    ]
+    contender.state_file.write_text(json.dumps(states[-1]["value"]))
+
+
+def smoke_problems(
+    outcomes: list[Outcome], counted: dict[str, int], next_run_requests: int
+) -> list[str]:
+    """Where the contenders disagree on records or requests, or a counter lies.
+
+    A next run must ask for no result page: ``next_run_requests`` in all.
+    """
     problems = []
     for outcome in outcomes:
         label = outcome.contender.label
@@ -576,6 +609,12 @@ def smoke_problems(outcomes: list[Outcome], counted: dict[str, int]) -> list[str
     for outcome in outcomes[:-1]:
         for run in outcome.runs:
             label = outcome.contender.label
+            if outcome.contender.state_file is not None:
+                if run.requests != next_run_requests:
+                    problems.append(
+                        f"{label}: {run.requests} requests, not {next_run_requests}"
+                    )
+                continue
             if run.records != expected.records:
                 problems.append(
                     f"{label}: {run.records} records, plain loop {expected.records}"
@@ -677,6 +716,10 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, out: IO[str]) -> 
             warm_up = _attempt(
                 scenario, loop, functools.partial(count_output, loop.contender, workdir)
             )
+            for outcome in outcomes:
+                if outcome.contender.state_file is not None:
+                    first = functools.partial(write_first_state, outcome.contender)
+                    _attempt(scenario, outcome, first)
             # Repeats interleave the contenders, so drift hits them all alike.
             for _ in range(args.repeat):
                 for outcome in outcomes:
@@ -705,7 +748,13 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, out: IO[str]) -> 
         finally:
             sandbox.stop()
     failed = any(o.failure is not None for o in outcomes)
-    problems = smoke_problems(outcomes, counted) if args.smoke and not failed else []
+    # v3: the workspace, the workflows and one job list per workflow
+    next_run_requests = 2 + settings.get("v3_workflows", 0)
+    problems = (
+        smoke_problems(outcomes, counted, next_run_requests)
+        if args.smoke and not failed
+        else []
+    )
     notes = [
         f"scale {args.scale:g}",
         *(["smoke"] if args.smoke else []),

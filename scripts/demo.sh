@@ -10,8 +10,9 @@
 # 4. prints the row count of every table next to the sandbox's own count.
 #
 # The DuckDB file (output/warehouse.duckdb) and Meltano's state (.meltano/) are kept, so a
-# second run extracts v1 jobs incrementally and merges every stream on its primary key:
-# the counts stay the same. It exits non-zero when a step fails or a count differs.
+# second run extracts v1 jobs incrementally, asks v3 for no job results it loaded before,
+# and merges every stream on its primary key: the counts stay the same. It exits non-zero
+# when a step fails or a count differs.
 #
 # Environment: DEMO_SEED (42), DEMO_DUCKDB (output/warehouse.duckdb).
 set -euo pipefail

@@ -139,6 +139,7 @@ class AnalyticsStream(RESTStream[t.Any]):
 
     def validate_response(self, response: requests.Response) -> None:
         """Classify a response by API.md's rules (the SDK retries every 5xx)."""
+        self.analytics_tap.run_clock.observe(response)
         status = response.status_code
         if status in RETRY_STATUSES:
             raise RetriableAPIError(describe_failure(response), response)
@@ -253,8 +254,24 @@ class AnalyticsStream(RESTStream[t.Any]):
         self, record: dict[str, t.Any], context: Context | None
     ) -> Iterator[Context | None]:
         # The SDK copies a context per record even for streams without children.
+        # The page pool (tap_analytics.concurrency) asks here too, so whatever
+        # decides that a record's children are not synced decides it for both.
         if self.child_streams:
             yield from super().generate_child_contexts(record, context)
+
+    def sync_completed(self) -> None:
+        """Called once every stream of the run has synced without an error.
+
+        The SDK has no hook for this (its sync_all is final and a child stream
+        is synced once per parent).
+        """
+
+    def publish_state(self) -> None:
+        """Put what this stream holds back from its state entry into it.
+
+        Called before the STATE written at an interrupt, which a rerun resumes
+        from; the SDK has no hook there either.
+        """
 
     # --- retry policy (API.md "Both families"; see tap_analytics.retry) ------
 
@@ -292,8 +309,9 @@ class ChildStream(AnalyticsStream):
 
     State is kept per stream, not per parent: by default the SDK keeps one
     bookmark entry per parent context, so state grows with the number of parents
-    (2,000 workflows → hundreds of MB of STATE). These streams are full-table, so
-    there is nothing per parent worth keeping.
+    (2,000 workflows → hundreds of MB of STATE). Nothing per parent is worth
+    keeping: the jobs lists are full-table, and job results keep one entry that
+    says which jobs' results are loaded (tap_analytics.loaded_results).
     """
 
     #: The field that carries the parent's key in each record.
@@ -302,6 +320,8 @@ class ChildStream(AnalyticsStream):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.state_partitioning_keys = []  # one state entry, whatever the parent
+        #: Parents whose request answered 404 in this run (pool workers add).
+        self.gone_parents: set[str] = set()
 
     def validate_response(self, response: requests.Response) -> None:
         if response.status_code == 404:
@@ -324,6 +344,7 @@ class ChildStream(AnalyticsStream):
                 yield record
         except ParentGoneError as exc:
             assert context is not None  # only child requests raise it
+            self.gone_parents.add(context["parent_id"])
             self.analytics_tap.run_stats.count_skipped_parent(self.name)
             parent = getattr(self.parent_stream_type, "name", "?")  # a class attribute
             when = f" after {records} records" if records else ""

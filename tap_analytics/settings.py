@@ -125,6 +125,18 @@ CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
         description="v1: `limit` of each `jobs` page.",
     ),
     th.Property(
+        "job_results_lookback_minutes",
+        th.IntegerType(minimum=5),
+        default=30,
+        description=(
+            "v3: minutes before the last completed run within which finished "
+            "jobs are still checked one by one (their uids kept in STATE); "
+            "older jobs' results are not fetched again. At least 5: the API "
+            "lists a job up to 5 minutes after its finish_time. A larger value "
+            "costs STATE size, not requests."
+        ),
+    ),
+    th.Property(
         "request_timeout",
         th.IntegerType(minimum=1),
         default=60,

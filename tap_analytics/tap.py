@@ -16,6 +16,7 @@ from tap_analytics.auth import ClientCredentialsAuthenticator
 from tap_analytics.concurrency import Prefetcher
 from tap_analytics.errors import ConfigError
 from tap_analytics.interrupts import raise_interrupted, resumable_state
+from tap_analytics.loaded_results import RunClock
 from tap_analytics.logs import DEMOTE_SDK_NOISE
 from tap_analytics.output import BufferedMsgSpecWriter
 from tap_analytics.run_stats import RunStats
@@ -132,6 +133,11 @@ class TapAnalytics(Tap):
         return RunStats()
 
     @cached_property
+    def run_clock(self) -> RunClock:
+        """The server's time at the run's first response (v3 job results' watermark)."""
+        return RunClock()
+
+    @cached_property
     def rate_limiter(self) -> RateLimiter:
         """The run's one rate limiter, shared by every request of every thread."""
         return RateLimiter(
@@ -173,6 +179,8 @@ class TapAnalytics(Tap):
         # Before the input state is loaded there is nothing a rerun could use, and
         # an empty STATE would replace the bookmarks an orchestrator keeps.
         if self._state_loaded:
+            for stream in self.streams.values():
+                t.cast("AnalyticsStream", stream).publish_state()
             self.write_message(StateMessage(value=resumable_state(self.state)))
 
     # The SDK marks sync_all final but has no hook after the last stream, where
@@ -180,4 +188,6 @@ class TapAnalytics(Tap):
     def sync_all(self) -> None:  # type: ignore[misc]
         run_stats = self.run_stats  # made here at the latest: its clock starts
         super().sync_all()
+        for stream in self.streams.values():
+            t.cast("AnalyticsStream", stream).sync_completed()
         self.logger.info(run_stats.summary())
