@@ -80,7 +80,7 @@ def literal_parts(node: ast.expr) -> tuple[str | None, ...] | None:
         return (node.value,)
     if isinstance(node, ast.JoinedStr):
         return tuple(
-            v.value if isinstance(v, ast.Constant) else None for v in node.values
+            str(v.value) if isinstance(v, ast.Constant) else None for v in node.values
         )
     return None
 
@@ -98,7 +98,7 @@ def assigned(function: ast.FunctionDef, name: str) -> list[ast.expr]:
     ]
 
 
-def called_name(node: ast.expr) -> str | None:
+def called_name(node: ast.AST) -> str | None:
     if isinstance(node, ast.Call):
         if isinstance(node.func, ast.Name):
             return node.func.id
@@ -139,24 +139,24 @@ def messages_in(path: Path) -> tuple[list[Message], list[str]]:
                     if literal_parts(node.value) is not None:
                         add(node.value, function)
                 elif called_name(node) == "append":  # problems.append(…)
-                    for arg in t_call(node).args:
+                    for arg in as_call(node).args:
                         if literal_parts(arg) is not None:
                             add(arg, function)
         for node in ast.walk(function):
             name = called_name(node)
             error = getattr(module, name, None) if name else None
             is_error = isinstance(error, type) and issubclass(error, ONE_LINE_ERRORS)
-            if is_error and t_call(node).args:
-                add(t_call(node).args[0], function)
+            if is_error and as_call(node).args:
+                add(as_call(node).args[0], function)
             elif name == "__init__" and function.name == "__init__":
                 owner = class_of(tree, function)
                 if owner and issubclass(getattr(module, owner), ONE_LINE_ERRORS):
-                    for arg in t_call(node).args:  # super().__init__("…")
+                    for arg in as_call(node).args:  # super().__init__("…")
                         add(arg, function)
     return list(dict.fromkeys(found)), unreadable  # a `msg` raised twice: once
 
 
-def t_call(node: ast.AST) -> ast.Call:
+def as_call(node: ast.AST) -> ast.Call:
     assert isinstance(node, ast.Call)
     return node
 
