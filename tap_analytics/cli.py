@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 
 import requests
-import simplejson  # the SDK reads --config, --state and --catalog with it
 from singer_sdk.exceptions import (
     FatalAPIError,
     InvalidStreamSortException,
@@ -30,11 +28,6 @@ from tap_analytics.urls import safe_url
 
 def failure_message(exc: BaseException) -> str | None:
     """One line for an expected failure; ``None`` for a bug (keep the traceback)."""
-    if isinstance(exc, (json.JSONDecodeError, simplejson.JSONDecodeError)):
-        # The message is a position, never the file's content.
-        return f"a --config, --state or --catalog file is not valid JSON: {exc}"
-    if isinstance(exc, FileNotFoundError):
-        return str(exc)
     if isinstance(exc, MappingError):
         return f"stream_maps: {exc}"
     if isinstance(exc, RetriableAPIError):

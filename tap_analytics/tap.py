@@ -14,7 +14,8 @@ from singer_sdk.singerlib import StateMessage
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
 from tap_analytics.concurrency import Prefetcher
-from tap_analytics.errors import ConfigError
+from tap_analytics.errors import ConfigError, StateError
+from tap_analytics.inputs import checked_json_file, read_json_object, state_problem
 from tap_analytics.interrupts import raise_interrupted, resumable_state
 from tap_analytics.loaded_results import RunClock
 from tap_analytics.logs import DEMOTE_SDK_NOISE
@@ -25,6 +26,7 @@ from tap_analytics.settings import (
     Family,
     config_problems,
     resolve_family,
+    unknown_settings,
 )
 from tap_analytics.streams import V1_STREAMS, V3_STREAMS
 from tap_analytics.transport import RateLimiter
@@ -32,6 +34,7 @@ from tap_analytics.transport import RateLimiter
 if t.TYPE_CHECKING:
     from types import FrameType
 
+    import click
     from singer_sdk.helpers.types import Auth
     from singer_sdk.streams import Stream
 
@@ -76,6 +79,39 @@ class TapAnalytics(Tap):
                 )
         return "a setting from the environment (TAP_ANALYTICS_*) is invalid"
 
+    @classmethod
+    def cb_config(
+        cls, ctx: click.Context, param: click.Option, value: tuple[str, ...]
+    ) -> t.Any:
+        # The SDK's errors for a missing or invalid file name neither the option
+        # nor, for invalid JSON, the file: check each file first.
+        for path in value:
+            if path != "ENV":
+                read_json_object("--config", path)
+        return super().cb_config(ctx, param, value)
+
+    @classmethod
+    def invoke(
+        cls,
+        *,
+        state: t.IO[str] | None = None,
+        catalog: t.IO[str] | None = None,
+        **options: t.Any,
+    ) -> None:
+        # The SDK parses --state and --catalog in one expression whose JSON errors
+        # name neither file, and loads the state where its path is unknown: check
+        # both files here, then let the SDK read the same text.
+        try:
+            super().invoke(
+                state=checked_json_file("--state", state),
+                catalog=checked_json_file("--catalog", catalog),
+                **options,
+            )
+        except StateError as problem:
+            if state is None:
+                raise
+            raise problem.in_file(state.name) from None
+
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         # The SDK logs a METRIC line per request at INFO: 2,440 of the 2,461 lines
@@ -92,10 +128,19 @@ class TapAnalytics(Tap):
         # Replaces the SDK's validation, whose messages echo setting values.
         schema = dict(self.config_jsonschema)
         self.append_builtin_config(schema)
+        for warning in unknown_settings(self.config, schema):
+            self.logger.warning(warning)
         problems = config_problems(self.config, schema)
         if problems and raise_errors:
             raise ConfigError("; ".join(problems))
         return problems
+
+    def load_state(self, state: dict[str, t.Any]) -> None:
+        # The SDK's hook for checking the input state. One that is not this tap's
+        # would be a silent full sync, or fail midway as out-of-order records.
+        if problem := state_problem(state, self.streams):
+            raise problem
+        super().load_state(state)
 
     def setting(self, name: str) -> t.Any:
         """A setting's value, or its documented default (the SDK applies none)."""
