@@ -34,6 +34,7 @@ MESSAGE_FUNCTIONS = {
     "describe_failure",  # `GET … answered 503 …`, in several errors
     "unknown_settings",  # a WARNING, listed too
     "message",  # RunInterrupted: the last line of an interrupted run
+    "_invalid",  # loaded_results.py: a job_results state entry it cannot read
 }
 # Error arguments that carry messages read elsewhere: another error's parts
 # (StateError.in_file), or the joined results of a message function.
