@@ -175,14 +175,6 @@ class _BatchFile:
     def path(self) -> str:
         return f"/proc/{os.getpid()}/fd/{self.fd}"
 
-    def write(self, record: dict[str, t.Any]) -> None:
-        try:
-            self.out.write(serialize_jsonl(record))
-        except OSError:
-            self.broken = True
-            raise
-        self.records += 1
-
     def close(self) -> None:
         if self.fd >= 0:
             self.out.close()  # flushes; the raw file does not own the descriptor
@@ -225,7 +217,12 @@ class BatchOutput:
         batch = self._open.get(stream)
         if batch is None:
             batch = self._open[stream] = _BatchFile(stream, self.settings.directory)
-        batch.write(record)
+        try:
+            batch.out.write(serialize_jsonl(record))  # the SDK's JSON encoding
+        except OSError:  # disk full: half a line, never handed over
+            batch.broken = True
+            raise
+        batch.records += 1
         if batch.records >= self.settings.batch_size:
             self.announce(stream)
 

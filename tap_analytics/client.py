@@ -37,6 +37,7 @@ if t.TYPE_CHECKING:
     from singer_sdk.helpers.types import Auth, Context
     from singer_sdk.streams.rest import HTTPRequest, PageContext
 
+    from tap_analytics.output import BufferedMsgSpecWriter
     from tap_analytics.tap import TapAnalytics
 
 
@@ -86,10 +87,15 @@ class AnalyticsStream(RESTStream[t.Any]):
         )
         self._logged_once: set[str] = set()
         self.logger.addFilter(DEMOTE_SDK_NOISE)
-        if (batches := self.analytics_tap.batches) is not None:
+        #: Where records go instead of RECORD messages (batch_config), if anywhere.
+        self._batches = self.analytics_tap.batches
+        self._record_writer = t.cast(
+            "BufferedMsgSpecWriter", self.analytics_tap.message_writer
+        )
+        if self._batches is not None:
             # A STATE closes every open batch (tap_analytics.batches), so STATE
             # comes once per batch, not every STATE_MSG_FREQUENCY records.
-            self.STATE_MSG_FREQUENCY = batches.settings.batch_size
+            self.STATE_MSG_FREQUENCY = self._batches.settings.batch_size
 
     @property
     def analytics_tap(self) -> TapAnalytics:
@@ -283,14 +289,18 @@ class AnalyticsStream(RESTStream[t.Any]):
     def finalize_state_progress_markers(self, state: dict | None = None) -> None:
         # The SDK calls this after each top-level stream (and its children) has
         # synced: hand the target their last batches now, not at the next STATE.
-        if (batches := self.analytics_tap.batches) is not None:
-            batches.announce_all()
+        if self._batches is not None:
+            self._batches.announce_all()
         super().finalize_state_progress_markers(state)
 
     def _write_record_message(self, record: dict[str, t.Any]) -> None:
-        batches = self.analytics_tap.batches
+        batches = self._batches
         if batches is None:
-            super()._write_record_message(record)
+            # The SDK's RECORD messages, written without the message objects.
+            writer = self._record_writer
+            for stream, mapped in self._mapped_records(record):
+                writer.write_record(stream, mapped, self._stream_version)
+            self.state_manager.is_flushed = False
             return
         if self.apply_schema_contract(record):
             # The batch so far was written under the old schema: hand it over,
@@ -302,6 +312,17 @@ class AnalyticsStream(RESTStream[t.Any]):
         for stream, mapped in self._mapped_records(record):
             batches.write(stream, mapped)
         self.state_manager.is_flushed = False
+
+    def _process_record(
+        self,
+        record: dict[str, t.Any],
+        child_context: Context | None = None,
+        partition_context: Context | None = None,
+    ) -> None:
+        # The SDK copies the partition context into each record and walks its
+        # child contexts; a stream with neither (v1) has nothing to do here.
+        if self.child_streams or partition_context:
+            super()._process_record(record, child_context, partition_context)
 
     def generate_child_contexts(
         self, record: dict[str, t.Any], context: Context | None
