@@ -289,3 +289,36 @@ def test_a_closed_stdout_is_one_line_and_a_failure(sandbox, tmp_path):
     assert "Traceback" not in stderr
     assert "Exception ignored" not in stderr
     assert "BrokenPipeError" not in stderr
+
+
+def test_a_failed_batch_run_hands_over_what_it_wrote_and_exits_1(sandbox, tmp_path):
+    # The 31st jobs page answers 403: the run fails after 30 pages of 25 jobs, 7
+    # batches of 100 and 50 jobs in an open one. Those reach the target too, as
+    # RECORD messages would, in a batch after the last STATE (which covers only
+    # the 7 before it).
+    server = sandbox(
+        v1_jobs=3000,
+        v1_connections=30,
+        scripted_faults=[{"path": "/v1/jobs", "status": 403, "after": 30}],
+    )
+    config = with_batches(
+        v1_config(server, page_size=25, max_concurrent_requests=1),
+        tmp_path / "batches",
+    )
+    tap = RunningTap(config, tmp_path)
+    tap.process.wait(timeout=60)
+    tap._reader.join(5)
+    assert tap.process.returncode == 1
+    assert tap.process.stderr is not None
+    last_line = tap.process.stderr.read().strip().splitlines()[-1]
+    assert last_line.startswith("tap-analytics: error: "), last_line
+    assert "403" in last_line
+
+    output = tap.output()
+    assert None not in tap.batches  # every batch announced was read
+    jobs = server.dataset["v1"]["jobs"]
+    assert uncovered_jobs_at_each_state(output, jobs) == 0
+    assert len(set(output.keys("jobs", "jobId"))) == 30 * 25  # each written once
+    assert len(output.keys("jobs", "jobId")) == 30 * 25
+    assert output.messages[-1]["type"] == "BATCH"  # no STATE after the failure
+    assert list((tmp_path / "batches").iterdir()) == []
