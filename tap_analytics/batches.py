@@ -163,8 +163,7 @@ class _OpenWatch:
 class _BatchFile:
     """One batch: an unnamed file in ``directory``, written through a buffer."""
 
-    def __init__(self, stream: str, directory: str) -> None:
-        self.stream = stream
+    def __init__(self, directory: str) -> None:
         self.fd = _unnamed_file(directory)
         raw = io.FileIO(self.fd, "wb", closefd=False)
         self.out = io.BufferedWriter(raw, buffer_size=_FILE_BUFFER_BYTES)
@@ -209,14 +208,13 @@ class BatchOutput:
         self._watch = _OpenWatch()
         #: The run is ending (done, failed, interrupted): announce without waiting.
         self.ending = False
-        self.announced = 0
         self._live.add(self)
 
     def write(self, stream: str, record: dict[str, t.Any]) -> None:
         """Add ``record`` to the open batch of ``stream``; announce it when full."""
         batch = self._open.get(stream)
         if batch is None:
-            batch = self._open[stream] = _BatchFile(stream, self.settings.directory)
+            batch = self._open[stream] = _BatchFile(self.settings.directory)
         try:
             batch.out.write(serialize_jsonl(record))  # the SDK's JSON encoding
         except OSError:  # disk full: half a line, never handed over
@@ -228,10 +226,11 @@ class BatchOutput:
 
     def announce(self, stream: str) -> None:
         """Close the open batch of ``stream`` (if any) and hand it to the target."""
-        batch = self._open.pop(stream, None)
+        batch = self._open.get(stream)
         if batch is None:
             return
         if batch.broken:
+            del self._open[stream]
             batch.close()
             return
         batch.out.flush()
@@ -244,7 +243,9 @@ class BatchOutput:
                 manifest=[f"file://{batch.path}"],
             )
         )
-        self.announced += 1
+        # Open until its message is out: a signal that unwinds the run before
+        # that leaves it to the interrupt's STATE, which announces it first.
+        del self._open[stream]
         if not self.ending:
             self._wait(MAX_UNOPENED, BATCH_READ_TIMEOUT)
 
