@@ -15,6 +15,7 @@ from singer_sdk import metrics
 from singer_sdk.exceptions import RetriableAPIError
 from singer_sdk.helpers._catalog import pop_deselected_record_properties
 from singer_sdk.helpers.conform import TypeConformanceLevel
+from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
 
@@ -242,6 +243,17 @@ class AnalyticsStream(RESTStream[t.Any]):
     def _deselects_properties(self) -> bool:
         return not all(self.mask.values())
 
+    @cached_property
+    def _unmapped_alias(self) -> str | None:
+        """The output stream when records go out as they are (no map, no
+        flattening, nothing deselected: the usual case), else None."""
+        maps = self.stream_maps
+        if len(maps) == 1 and not self._deselects_properties:
+            only = maps[0]
+            if type(only) is SameRecordTransform and not only.flattening_enabled:
+                return only.stream_alias
+        return None
+
     def _mapped_records(
         self, record: dict[str, t.Any]
     ) -> Iterator[tuple[str, dict[str, t.Any]]]:
@@ -252,6 +264,9 @@ class AnalyticsStream(RESTStream[t.Any]):
         and dropping deselected properties when none is deselected (the usual
         catalog).
         """
+        if (alias := self._unmapped_alias) is not None:
+            yield alias, record
+            return
         if self._deselects_properties:
             pop_deselected_record_properties(record, self.schema, self.mask)
         for stream_map in self.stream_maps:
