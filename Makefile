@@ -51,7 +51,8 @@ test: lint
 demo:
 	bash scripts/demo.sh
 
-# Tap vs a plain requests loop against the sandbox; see README "Performance".
+# Tap vs a plain requests loop against the sandbox, and meltano run vs dlt into
+# PostgreSQL (installs dlt into .venv-dlt); see README "Performance".
 bench: install
 	$(BIN)/python scripts/bench.py --scenario all
 

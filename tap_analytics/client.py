@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 import requests
 from singer_sdk import metrics
 from singer_sdk.exceptions import RetriableAPIError
+from singer_sdk.helpers._catalog import pop_deselected_record_properties
 from singer_sdk.helpers.conform import TypeConformanceLevel
+from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
 
@@ -36,6 +38,7 @@ if t.TYPE_CHECKING:
     from singer_sdk.helpers.types import Auth, Context
     from singer_sdk.streams.rest import HTTPRequest, PageContext
 
+    from tap_analytics.output import BufferedMsgSpecWriter
     from tap_analytics.tap import TapAnalytics
 
 
@@ -85,6 +88,15 @@ class AnalyticsStream(RESTStream[t.Any]):
         )
         self._logged_once: set[str] = set()
         self.logger.addFilter(DEMOTE_SDK_NOISE)
+        #: Where records go instead of RECORD messages (batch_config), if anywhere.
+        self._batches = self.analytics_tap.batches
+        self._record_writer = t.cast(
+            "BufferedMsgSpecWriter", self.analytics_tap.message_writer
+        )
+        if self._batches is not None:
+            # A STATE closes every open batch (tap_analytics.batches), so STATE
+            # comes once per batch, not every STATE_MSG_FREQUENCY records.
+            self.STATE_MSG_FREQUENCY = self._batches.settings.batch_size
 
     @property
     def analytics_tap(self) -> TapAnalytics:
@@ -232,23 +244,101 @@ class AnalyticsStream(RESTStream[t.Any]):
     def _deselects_properties(self) -> bool:
         return not all(self.mask.values())
 
-    def _generate_record_messages(
+    @cached_property
+    def _unmapped_alias(self) -> str | None:
+        """The output stream when records go out as they are (no map, no
+        flattening, nothing deselected: the usual case), else None."""
+        maps = self.stream_maps
+        if len(maps) == 1 and not self._deselects_properties:
+            only = maps[0]
+            if type(only) is SameRecordTransform and not only.flattening_enabled:
+                return only.stream_alias
+        return None
+
+    def _mapped_records(
         self, record: dict[str, t.Any]
-    ) -> Generator[RecordMessage, None, None]:
-        # The SDK walks every property of every record to drop deselected ones;
-        # when none is deselected (the usual catalog) there is nothing to drop.
-        if self._deselects_properties:
-            yield from super()._generate_record_messages(record)
+    ) -> Iterator[tuple[str, dict[str, t.Any]]]:
+        """``record`` as each stream map emits it: (output stream, record).
+
+        What the SDK's ``_generate_record_messages`` does, minus two walks over
+        every property: type conformance (none here, see TYPE_CONFORMANCE_LEVEL)
+        and dropping deselected properties when none is deselected (the usual
+        catalog).
+        """
+        if (alias := self._unmapped_alias) is not None:
+            yield alias, record
             return
+        if self._deselects_properties:
+            pop_deselected_record_properties(record, self.schema, self.mask)
         for stream_map in self.stream_maps:
             mapped = stream_map.transform(record)
             if mapped is not None:
-                yield RecordMessage(
-                    stream=stream_map.stream_alias,
-                    record=mapped,
-                    version=self._stream_version,
-                    time_extracted=datetime.datetime.now(datetime.UTC),
-                )
+                yield stream_map.stream_alias, mapped
+
+    def _generate_record_messages(
+        self, record: dict[str, t.Any]
+    ) -> Generator[RecordMessage, None, None]:
+        for stream, mapped in self._mapped_records(record):
+            yield RecordMessage(
+                stream=stream,
+                record=mapped,
+                version=self._stream_version,
+                time_extracted=datetime.datetime.now(datetime.UTC),
+            )
+
+    # --- BATCH messages (tap_analytics.batches) -----------------------------
+
+    def get_batch_config(self, config: t.Mapping[str, t.Any]) -> None:
+        # The SDK's batch path is not used (see tap_analytics.batches for why):
+        # records take its RECORD path, and _write_record_message writes them to
+        # batch files when batch_config is set.
+        return None
+
+    def apply_schema_contract(self, record: dict[str, t.Any]) -> bool:
+        """Whether ``record`` changed the stream's schema (a SCHEMA must go first).
+
+        A stub: schema evolution (issue 17) implements it. The batch writer asks
+        it for every record.
+        """
+        return False
+
+    def finalize_state_progress_markers(self, state: dict | None = None) -> None:
+        # The SDK calls this after each top-level stream (and its children) has
+        # synced: hand the target their last batches now, not at the next STATE.
+        if self._batches is not None:
+            self._batches.announce_all()
+        super().finalize_state_progress_markers(state)
+
+    def _write_record_message(self, record: dict[str, t.Any]) -> None:
+        batches = self._batches
+        if batches is None:
+            # The SDK's RECORD messages, written without the message objects.
+            writer = self._record_writer
+            for stream, mapped in self._mapped_records(record):
+                writer.write_record(stream, mapped, self._stream_version)
+            self.state_manager.is_flushed = False
+            return
+        if self.apply_schema_contract(record):
+            # The batch so far was written under the old schema: hand it over,
+            # then the new SCHEMA, then a new batch.
+            for stream_map in self.stream_maps:
+                batches.announce(stream_map.stream_alias)
+            self._schema_written = False
+            self._write_schema_message()
+        for stream, mapped in self._mapped_records(record):
+            batches.write(stream, mapped)
+        self.state_manager.is_flushed = False
+
+    def _process_record(
+        self,
+        record: dict[str, t.Any],
+        child_context: Context | None = None,
+        partition_context: Context | None = None,
+    ) -> None:
+        # The SDK copies the partition context into each record and walks its
+        # child contexts; a stream with neither (v1) has nothing to do here.
+        if self.child_streams or partition_context:
+            super()._process_record(record, child_context, partition_context)
 
     def generate_child_contexts(
         self, record: dict[str, t.Any], context: Context | None

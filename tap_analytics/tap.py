@@ -13,6 +13,7 @@ from singer_sdk.authenticators import APIKeyAuthenticator
 from singer_sdk.singerlib import StateMessage
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
+from tap_analytics.batches import BatchOutput, BatchSettings
 from tap_analytics.concurrency import Prefetcher
 from tap_analytics.errors import ConfigError, StateError
 from tap_analytics.inputs import checked_json_file, read_json_object, state_problem
@@ -131,6 +132,11 @@ class TapAnalytics(Tap):
         for warning in unknown_settings(self.config, schema):
             self.logger.warning(warning)
         problems = config_problems(self.config, schema)
+        if not problems:
+            try:
+                BatchSettings.from_config(self.config.get("batch_config"))
+            except ConfigError as exc:
+                problems.append(str(exc))
         if problems and raise_errors:
             raise ConfigError("; ".join(problems))
         return problems
@@ -191,6 +197,18 @@ class TapAnalytics(Tap):
         )
 
     @cached_property
+    def batches(self) -> BatchOutput | None:
+        """Where records go with ``batch_config`` set; None: RECORD messages."""
+        settings = BatchSettings.from_config(self.config.get("batch_config"))
+        if settings is None:
+            return None
+        output = BatchOutput(settings, self.write_message)
+        # No STATE may pass a record that is still in an open batch.
+        writer = t.cast("BufferedMsgSpecWriter", self.message_writer)
+        writer.before_state = output.announce_all
+        return output
+
+    @cached_property
     def prefetcher(self) -> Prefetcher:
         return Prefetcher(max_workers=self.setting("max_concurrent_requests"))
 
@@ -226,6 +244,8 @@ class TapAnalytics(Tap):
         if self._state_loaded:
             for stream in self.streams.values():
                 t.cast("AnalyticsStream", stream).publish_state()
+            if self.batches is not None:
+                self.batches.ending = True  # no waiting for the target now
             self.write_message(StateMessage(value=resumable_state(self.state)))
 
     # The SDK marks sync_all final but has no hook after the last stream, where
@@ -235,4 +255,7 @@ class TapAnalytics(Tap):
         super().sync_all()
         for stream in self.streams.values():
             t.cast("AnalyticsStream", stream).sync_completed()
+        if self.batches is not None:
+            self.batches.end()  # the last batches, once the target has them all
+        t.cast("BufferedMsgSpecWriter", self.message_writer).flush()
         self.logger.info(run_stats.summary())
