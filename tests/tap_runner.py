@@ -48,6 +48,22 @@ class Output:
         return self.states[-1]
 
 
+def assert_limits_in_range(server: Any) -> None:
+    """Every request to ``/v1/*`` asked a ``limit`` the real server takes (1..100).
+
+    The sandbox answers others with a 400 as the real server does; this makes a
+    test that sent one fail even if it expected the failure for another reason.
+    """
+    bad = [
+        f"{entry['path']}?limit={limit}"
+        for entry in server.requests
+        if entry["path"].startswith("/v1/")
+        for limit in entry["query"].get("limit", [])
+        if not (limit.isdigit() and 1 <= int(limit) <= 100)
+    ]
+    assert not bad, f"requests with a limit outside 1..100: {bad[:5]}"
+
+
 def v1_config(server: Any, **extra: Any) -> dict[str, Any]:
     return {
         "base_url": server.base_url,
