@@ -214,24 +214,27 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         tail = self._tail
         for job, at in new:
             tail.pop(job.get("jobId"), None)  # an older version moved away
-            tail[job.get("jobId")] = (at, dict(job))  # the stream edits the record
+            tail[job.get("jobId")] = (at, job)
         since = keyset.since
         last = next((at for at in reversed(times) if at is not None), None)
         if last is not None and (since is None or last > since):
+            # Times do not decrease along the tail: the last one below `last` is
+            # just before the first at `last` (jobs without a time aside).
             entries = list(tail.items())
-            below = [
-                i
-                for i, (_, (at, _)) in enumerate(entries)
-                if at is not None and at < last
-            ]
-            entries = entries[below[-1] + 1 :] if below else entries
-            self._tail = dict(entries)
+            cut = len(entries)
+            while cut and (entries[cut - 1][1][0] or last) >= last:
+                cut -= 1
+            entries = entries[cut:]
+            self._tail = tail = dict(entries)
             first_at_last = next(
                 i for i, (_, (at, _)) in enumerate(entries) if at == last
             )
             since, counted = last, len(entries) - first_at_last
         else:
             counted = keyset.offset + received
+        for job, at in new:  # kept as received: the stream edits what it emits
+            if tail.get(job.get("jobId"), (None, None))[1] is job:
+                tail[job.get("jobId")] = (at, dict(job))
         limit = min(self._page_size + 1, MAX_LIMIT)
         return Keyset(since, max(counted - 1, 0), limit, overlap=counted > 0)
 
