@@ -507,16 +507,20 @@ def test_a_shifted_tie_group_is_read_again_and_nothing_is_lost(
 
 
 @pytest.mark.parametrize(("settings", "latency_ms"), FORCED_MODES)
-@pytest.mark.parametrize("page_size", [2, 3, 5])
+@pytest.mark.parametrize(
+    ("page_size", "live"), [(2, False), (3, False), (5, False), (3, True)]
+)
 def test_jobs_without_a_time_at_page_boundaries_and_filling_pages(
-    sandbox, settings, latency_ms, page_size
+    sandbox, settings, latency_ms, page_size, live
 ):
-    # A list that does not change: jobs without a time sit at page boundaries
-    # (the last of a page, the first new one of the next) and fill whole pages
-    # (the data has bursts of them within one second), in small pages.
-    server = sandbox(v1_jobs=2_000, latency_ms=latency_ms)
-    out = sync(v1_config(server, page_size=page_size, **settings))
-    assert last_versions(out.records["jobs"]) == current_jobs(server)
+    # Jobs without a time sit at page boundaries (the last of a page, the first
+    # new one of the next) and fill whole pages (the data has bursts of them
+    # within one second), in small pages; in a list that does not change, and in
+    # one where a job ends and a new one appears after every page.
+    changes = {"live_moves_per_page": 1, "live_adds_per_page": 1} if live else {}
+    server = sandbox(v1_jobs=2_000, latency_ms=latency_ms, **changes)
+    first, emitted = sync_then_frozen_rerun(server, page_size=page_size, **settings)
+    assert emitted == current_jobs(server)
     pages = [r["served"] for r in server.requests if r["path"] == "/v1/jobs"]
     untimed_only = [page for page in pages if all(at is None for _, at in page)]
     assert any(len(page) == min(page_size + 1, 100) for page in untimed_only)
@@ -529,7 +533,10 @@ def test_jobs_without_a_time_at_page_boundaries_and_filling_pages(
         seen.update(job for job, _ in page)
     assert len(ends_untimed) >= 5
     assert starts_untimed >= 5
-    assert len(out.records["jobs"]) == len(current_jobs(server))  # each once
+    versions = [(j["jobId"], version(j)) for j in first.records["jobs"]]
+    assert len(versions) == len(set(versions))  # no version emitted twice
+    if not live:  # and, in a list that does not change, every job once
+        assert len(first.records["jobs"]) == len(current_jobs(server))
     assert paged_in_windows(server) == (settings == {})
 
 
