@@ -106,9 +106,9 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
     ``end``, exclusive: the API has no upper bound, so the jobs from the first one
     with a time at or past ``end`` on are dropped here and the window stops on the
     page that reached it (jobs without a time before it may be below ``end``: they
-    are emitted, and the next window may emit some of them again). ``end`` may move
-    down while the window is read (the window is split), never below a job
-    already received.
+    are emitted; the next window lists those that are not first, and the reader
+    skips them there). ``end`` may move down while the window is read (the window
+    is split), never below a job already received.
     """
 
     def __init__(
