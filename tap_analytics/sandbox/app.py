@@ -644,6 +644,7 @@ class _JobIndex:
         self._config = config
         self._dataset = dataset
         self._records = _serialize(dataset.jobs)  # by index into dataset.jobs
+        self._served = [_served(job) for job in dataset.jobs]  # likewise
         self._times = dataset.job_update_times
         # One int per job (time, then creation) sorts far faster than tuples.
         stride = len(self._times) + 1
@@ -679,10 +680,10 @@ class _JobIndex:
                 indices = items[max(stop - limit, first) : stop][::-1]
             else:
                 indices = items[first + offset : first + offset + limit]
-            jobs = self._dataset.jobs
             page = [self._records[i] for i in indices]
-            served = [(jobs[i]["jobId"], jobs[i].get("lastUpdatedAt")) for i in indices]
+            served = [self._served[i] for i in indices]
             if not self.frozen:
+                jobs = self._dataset.jobs
                 picked = self.pick([jobs[i] for i in indices]) if self.pick else ()
                 self._change(
                     self._config.live_moves_per_page,
@@ -762,9 +763,11 @@ class _JobIndex:
             jobs.append(new_v1_job(self._next_id, top, self._rng, self._connection_ids))
             self._times.append(top)
             self._records.append(b"")
+            self._served.append(_served(jobs[-1]))
             self._next_id += 1
         for index in changed:  # in the order of their new times
             self._records[index] = _dumps(jobs[index])
+            self._served[index] = _served(jobs[index])
             self._order.append(index)
             self._sorted_times.append(self._times[index])
         self._filtered.clear()
@@ -778,6 +781,10 @@ class _JobIndex:
         high = bisect.bisect_right(self._sorted_times, time)
         position = self._order.index(index, low, high)
         del self._order[position], self._sorted_times[position]
+
+
+def _served(job: Record) -> Served:
+    return job["jobId"], job.get("lastUpdatedAt")
 
 
 def _auth_kind(headers: Mapping[str, str]) -> str:
