@@ -1,9 +1,10 @@
 """JSON Schemas, transcribed from the field lists in API.md.
 
-Each schema reads like its API.md bullet: ``key`` and ``always`` fields are never
-null, ``field`` ones are nullable (API.md's ``X or null``, and every non-key v3
-field). Undocumented fields the API adds are kept (``additionalProperties``);
-schema-driven targets only get a column for them once they are listed here.
+Each schema reads like its API.md bullet: ``key`` fields are never null, ``field``
+ones are nullable (API.md's ``X or null``, every non-key v3 field, and v1
+``lastUpdatedAt``, which the real server sets only once a job ended). Undocumented
+fields the API adds are kept (``additionalProperties``); schema-driven targets only
+get a column for them once they are listed here.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ ANY_ARRAY = th.ArrayType(th.AnyType)
 def key(name: str, type_: type[th.JSONTypeHelper[t.Any]]) -> th.Property[t.Any]:
     """A primary-key field: required, never null."""
     return th.Property(name, type_, required=True)
-
-
-always = key  # documented without "or null" (e.g. the replication key)
 
 
 def field(name: str, type_: t.Any) -> th.Property[t.Any]:
@@ -46,7 +44,7 @@ def record_schema(*properties: th.Property[t.Any]) -> Schema:
 
 V1_JOBS = record_schema(
     key("jobId", th.IntegerType),  # "number (integer in practice)"
-    always("lastUpdatedAt", DATE_TIME),
+    field("lastUpdatedAt", DATE_TIME),  # null until the job ends
     field("bytesSynced", th.NumberType),
     field("connectionId", th.StringType),
     field("duration", th.StringType),  # ISO-8601 duration, e.g. PT5M12S
