@@ -134,10 +134,16 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         self.reached_end_of_list = False
         self._passed_end = False
         self._instants: list[datetime.datetime] = []
-        #: How long the last page took to answer, and (read serially) to write:
-        #: the stream writes a page's records between parsing it and has_more.
-        self.request_seconds = 0.0
-        self.write_seconds = 0.0
+        #: The last page, for the thread that reads the list (window 0 is read by
+        #: one thread, serially): how long that thread waited for it (the time from
+        #: the previous page's end to this page's arrival, less the thread's own
+        #: CPU time in it), and how long it was busy with it (that CPU time: the
+        #: request, its decoding; then writing the page, which the stream does
+        #: between checked_jobs and has_more).
+        self.waited_seconds = 0.0
+        self.busy_seconds = 0.0
+        self._page_started = (time.monotonic(), time.thread_time())
+        self._request_cpu = 0.0
         self._parsed_at = 0.0
         # Called with the times of each page's jobs once the paginator knows
         # whether the list goes on: before the next page is requested, so it may
@@ -155,8 +161,11 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         keyset = self.current_value
         times = [visible_time(job) for job in received]
         self._check_order(received, times, keyset, response)
-        self.request_seconds = response.elapsed.total_seconds()
-        self._parsed_at = time.monotonic()
+        now, cpu = time.monotonic(), time.thread_time()
+        started, started_cpu = self._page_started
+        self._request_cpu = cpu - started_cpu
+        self.waited_seconds = now - started - self._request_cpu
+        self._parsed_at = now
         self._shifted = keyset.overlap and not (
             received and self._received(received[0])
         )
@@ -239,7 +248,9 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         return Keyset(since, max(counted - 1, 0), limit, overlap=counted > 0)
 
     def has_more(self, response: requests.Response) -> bool:
-        self.write_seconds = time.monotonic() - self._parsed_at
+        now = time.monotonic()
+        self.busy_seconds = self._request_cpu + now - self._parsed_at
+        self._page_started = (now, time.thread_time())
         if self._shifted:
             return True
         if self._passed_end:
