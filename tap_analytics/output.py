@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 import sys
+import time
 import typing as t
 import weakref
 
@@ -20,6 +21,10 @@ if t.TYPE_CHECKING:
 
 #: Bytes of messages collected before one write to stdout (about 200 records).
 BUFFER_BYTES = 64 * 1024
+
+#: How long one ``time_extracted`` stands for the records written after it: they
+#: are stamped at most this much before they were written.
+EXTRACTED_AT_SECONDS = 0.001
 
 #: A stream's RECORD line buffer, where its record starts, and what follows the
 #: record up to ``time_extracted`` (see BufferedMsgSpecWriter.write_record).
@@ -56,6 +61,9 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
         self.before_state: Callable[[], None] | None = None
         #: Per (stream, version): see write_record.
         self._record_line: dict[tuple[str, int | None], _RecordLine] = {}
+        # The end of a RECORD line: time_extracted (encoded at _extracted_at).
+        self._extracted_at = -1.0
+        self._extracted = b""
         self._live.add(self)
 
     def write_message(self, message: Message) -> None:
@@ -82,16 +90,23 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
 
         Per record, building the message object (its checks, ``to_dict``) cost as
         much as encoding the record. The line's parts around the record are the
-        same for every record of a stream, so only the record and the time are
-        encoded, with the SDK's encoder, into a buffer that starts with the rest.
+        same for every record of a stream, so only the record is encoded, with
+        the SDK's encoder, into a buffer that starts with the rest; and
+        ``time_extracted``, encoded, is the same for the records written within
+        :data:`EXTRACTED_AT_SECONDS` (reading and encoding the time for each one
+        cost as much as encoding the record).
         """
         line, start, middle = self._record_line.get((stream, version)) or (
             self._new_record_line(stream, version)
         )
         encoder.encode_into(record, line, start)  # cuts the line after the record
         line += middle
-        encoder.encode_into(datetime.datetime.now(datetime.UTC), line, -1)  # appends
-        line += b"}\n"
+        now = time.time()
+        if not 0 <= now - self._extracted_at < EXTRACTED_AT_SECONDS:
+            self._extracted_at = now
+            moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+            self._extracted = encoder.encode(moment) + b"}\n"
+        line += self._extracted
         out = self._output()
         try:
             if out is None:  # stdout replaced by a text stream (e.g. in tests)

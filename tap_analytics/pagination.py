@@ -63,13 +63,6 @@ class Keyset:
         return (self.since, self.offset) < (other.since, other.offset)
 
 
-def visible_time(job: dict[str, t.Any]) -> datetime.datetime | None:
-    """A job's ``lastUpdatedAt``; None until it ends (pending: no key; running,
-    incomplete: null)."""
-    value = job.get("lastUpdatedAt")
-    return None if value is None else parse_timestamp(value)
-
-
 class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
     """``jobs`` in ``lastUpdatedAt`` order, each page continuing after the last job.
 
@@ -159,7 +152,13 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         """The page's new jobs in the window, once they continue the order."""
         received = records_in(json_body(response), "data")
         keyset = self.current_value
-        times = [visible_time(job) for job in received]
+        # Each job's visible time: its lastUpdatedAt, None until it ends (pending:
+        # no key; running, incomplete: null).
+        parse = parse_timestamp
+        times = [
+            None if (value := job.get("lastUpdatedAt")) is None else parse(value)
+            for job in received
+        ]
         self._check_order(received, times, keyset, response)
         now, cpu = time.monotonic(), time.thread_time()
         started, started_cpu = self._page_started
@@ -173,10 +172,11 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             self._page_end = Keyset(keyset.since, 0, self._page_size, reread=True)
             self._instants = []
             return []
+        tail = self._tail  # self._received(job), inline: for every job
         new = [
             (job, at)
             for job, at in zip(received, times, strict=True)
-            if not self._received(job)
+            if (entry := tail.get(job.get("jobId"))) is None or entry[1] != job
         ]
         self._page_full = len(received) >= keyset.limit
         self._page_end = self._keyset_after(new, times, keyset, len(received))
@@ -186,7 +186,8 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             if past:
                 self._passed_end = True
                 new = new[: past[0]]
-        self._instants = [at for _, at in new if at is not None]
+        if self._on_page is not None:  # its only reader
+            self._instants = [at for _, at in new if at is not None]
         return [job for job, _ in new]
 
     def _check_order(
@@ -222,8 +223,10 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         """The request after this page; the tail takes the page's new jobs."""
         tail = self._tail
         for job, at in new:
-            tail.pop(job.get("jobId"), None)  # an older version moved away
-            tail[job.get("jobId")] = (at, job)
+            key = job.get("jobId")
+            if key in tail:
+                del tail[key]  # an older version moved away
+            tail[key] = (at, job)
         since = keyset.since
         last = next((at for at in reversed(times) if at is not None), None)
         if last is not None and (since is None or last > since):
@@ -241,9 +244,12 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             since, counted = last, len(entries) - first_at_last
         else:
             counted = keyset.offset + received
-        for job, at in new:  # kept as received: the stream edits what it emits
-            if tail.get(job.get("jobId"), (None, None))[1] is job:
-                tail[job.get("jobId")] = (at, dict(job))
+        # Kept as received: the stream edits what it emits. The page's new jobs
+        # still in the tail are its last entries (added last, and cut from the
+        # front).
+        for key in list(tail)[len(tail) - min(len(new), len(tail)) :]:
+            at, job = tail[key]
+            tail[key] = (at, dict(job))
         limit = min(self._page_size + 1, MAX_LIMIT)
         return Keyset(since, max(counted - 1, 0), limit, overlap=counted > 0)
 

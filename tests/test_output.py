@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 import typing as t
 
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.singerlib import RecordMessage
 
-from tap_analytics.output import BufferedMsgSpecWriter
+from tap_analytics.output import EXTRACTED_AT_SECONDS, BufferedMsgSpecWriter
 
 if t.TYPE_CHECKING:
     import pytest
@@ -43,3 +44,26 @@ def test_record_lines_are_the_sdks(capsys: pytest.CaptureFixture[str]) -> None:
             time_extracted=datetime.datetime.fromisoformat(extracted),
         )
         assert line.encode() == sdk.format_message(message)
+
+
+def test_time_extracted_is_at_most_a_millisecond_before_the_write(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    writer = BufferedMsgSpecWriter()
+    windows = []
+    for pause in (0.0, 0.0, 0.005, 0.0, 0.002):
+        time.sleep(pause)
+        before = datetime.datetime.now(datetime.UTC)
+        writer.write_record("jobs", {"jobId": 1}, None)
+        windows.append((before, datetime.datetime.now(datetime.UTC)))
+    lines = capsys.readouterr().out.splitlines()
+    stamps = [
+        datetime.datetime.fromisoformat(json.loads(line)["time_extracted"])
+        for line in lines
+    ]
+    bound = datetime.timedelta(seconds=EXTRACTED_AT_SECONDS)
+    for stamp, (before, after) in zip(stamps, windows, strict=True):
+        assert before - bound <= stamp <= after
+    # A write after a pause gets a time of its own.
+    assert stamps[2] > stamps[1]
+    assert stamps[4] > stamps[3]
