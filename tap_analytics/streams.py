@@ -153,7 +153,7 @@ class V1JobsStream(AnalyticsStream):
     def _increment_stream_state(
         self, latest_record: Record, *, context: Context | None = None
     ) -> None:
-        value = latest_record["lastUpdatedAt"]  # post_process sets it
+        value = latest_record.get("lastUpdatedAt")
         # A job that has not ended has no time: it cannot move the bookmark (the
         # SDK would skip it too, with a warning for every such job).
         if value is None:
