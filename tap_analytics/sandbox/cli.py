@@ -29,7 +29,12 @@ _HELP = {
     "max_limit": "cap on the `limit` parameter of v1 jobs",
     "cursor_shape": "v1 `next` as an opaque token or as an absolute URL",
     "end_marker": 'how the last v1 page ends: "next": null, no "next", or "next": ""',
-    "extra_field": "name of an undocumented field added to every record",
+    "extra_field": "name of an undocumented field on every record of every stream "
+    "(the real server sends fields beyond the documents)",
+    "halfway_field": "name of an undocumented field on every stream's records from "
+    "the middle one on, in the order served",
+    "retyped_field": "name of an undocumented field on every record, an integer "
+    "before each stream's middle record and a string from it on",
     "v3_workflows": "number of v3 workflows",
     "v3_jobs_per_workflow": "number of v3 jobs in each workflow",
     "v3_results_per_job": "number of results of each successful v3 job",

@@ -25,7 +25,9 @@ class SandboxConfig:
     max_limit: int = 1000
     cursor_shape: CursorShape = "token"
     end_marker: EndMarker = "null"
-    extra_field: str | None = None
+    extra_field: str | None = "extra_note"
+    halfway_field: str | None = None
+    retyped_field: str | None = None
     v3_workflows: int = 5
     v3_jobs_per_workflow: int = 6
     v3_results_per_job: int = 30
