@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import requests
 from singer_sdk import metrics
 from singer_sdk.exceptions import RetriableAPIError
+from singer_sdk.helpers._catalog import get_selected_schema
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
@@ -27,6 +28,7 @@ from tap_analytics.errors import (
 from tap_analytics.logs import DEMOTE_SDK_NOISE, ProgressRecordCounter, StreamProgress
 from tap_analytics.responses import json_body, records_in
 from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
+from tap_analytics.schema_contract import STATE_KEY, ContractMode, SchemaContract
 from tap_analytics.urls import is_absolute_url, safe_url
 
 if t.TYPE_CHECKING:
@@ -56,6 +58,9 @@ class AnalyticsStream(RESTStream[t.Any]):
 
     #: Where the records are in a response body (API.md's data selector).
     records_key: t.ClassVar[str] = "data"
+
+    #: The stream's JSON Schema: schemas.py's, grown by the schema contract.
+    schema: dict[str, t.Any]
 
     # Records come straight from a JSON decoder, so every value already is a JSON
     # type: the SDK's recursive conformance (a fifth of a bulk sync's CPU) would
@@ -224,8 +229,63 @@ class AnalyticsStream(RESTStream[t.Any]):
         # The SDK writes SCHEMA at every sync() call, which for a child stream is
         # once per parent record (5,000 SCHEMA messages for 2,000 workflows).
         if not self._schema_written:
-            super()._write_schema_message()
-            self._schema_written = True
+            _ = self.schema_contract  # fields typed in earlier runs join the first one
+            self.announce_schema()
+
+    def announce_schema(self) -> None:
+        """Write this stream's SCHEMA now, again when it has grown since."""
+        super()._write_schema_message()
+        self._schema_written = True
+
+    # --- schema contract (tap_analytics.schema_contract) ----------------------
+
+    @cached_property
+    def schema_contract(self) -> SchemaContract:
+        """The stream's contract; the fields earlier runs typed join the schema."""
+        schema = self.effective_schema
+        # A field the catalog deselects is the SDK's to drop, never a new one.
+        deselected = [
+            crumb[1] for crumb, on in self.mask.items() if len(crumb) == 2 and not on
+        ]
+        contract = SchemaContract(
+            self.name,
+            ContractMode(self.analytics_tap.setting("schema_contract")),
+            [*schema.get("properties", {}), *deselected],
+            self.logger,
+        )
+        if restored := contract.restore(self.stream_state.get(STATE_KEY, {})):
+            self._grow_schema(restored)
+        return contract
+
+    def apply_schema_contract(self, record: dict[str, t.Any]) -> bool:
+        """Apply the schema contract to ``record`` in place.
+
+        Returns True when the stream's schema grew: the caller must then write a
+        new SCHEMA (:meth:`announce_schema`) before this record.
+        """
+        grown = self.schema_contract.apply(record)
+        if grown is None:
+            return False
+        self._grow_schema(grown)
+        self.stream_state[STATE_KEY] = self.schema_contract.typed_fields
+        return True
+
+    def _grow_schema(self, properties: dict[str, t.Any]) -> None:
+        schema = self.effective_schema
+        grown = {**schema, "properties": {**schema.get("properties", {}), **properties}}
+        self.schema = grown
+        if self._input_schema is not None:
+            self._input_schema = grown
+        # The SDK's mapper holds the schema it was given at start (its SCHEMA
+        # messages and flattening come from it): register the grown one the way
+        # the SDK registered the first, selection applied, and drop the stream's
+        # cached maps so they are rebuilt from it.
+        self._tap.mapper.register_raw_stream_schema(
+            self.name,
+            get_selected_schema(self.name, grown, self.mask),
+            self.primary_keys,
+        )
+        self._stream_maps = None
 
     @cached_property
     def _deselects_properties(self) -> bool:
@@ -234,6 +294,12 @@ class AnalyticsStream(RESTStream[t.Any]):
     def _generate_record_messages(
         self, record: dict[str, t.Any]
     ) -> Generator[RecordMessage, None, None]:
+        # A field beyond the schema would be dropped silently by schema-driven
+        # targets: the contract decides, and a grown schema goes out before the
+        # record. Only its quick check runs for every record.
+        contract = self.schema_contract
+        if not contract.fits(record) and self.apply_schema_contract(record):
+            self.announce_schema()
         # The SDK walks every property of every record to drop deselected ones;
         # when none is deselected (the usual catalog) there is nothing to drop.
         if self._deselects_properties:
