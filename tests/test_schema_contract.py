@@ -368,3 +368,13 @@ def test_a_state_with_an_unknown_type_is_one_clear_error():
     assert contract().restore({"status": "integer", "score": "integer"}) == {
         "score": {"type": ["integer", "null"]}
     }
+
+
+def test_an_unknown_mode_is_one_line_naming_the_setting(tmp_path):
+    config = {"base_url": "http://127.0.0.1:9", "api_key": "k", "schema_contract": "x"}
+    run = run_cli(config=config, tmp_path=tmp_path)
+    assert run.returncode == 1
+    assert run.last_stderr_line == (
+        "tap-analytics: error: setting 'schema_contract' must be one of evolve, "
+        "freeze, discard_value"
+    )
