@@ -261,7 +261,8 @@ class AnalyticsStream(RESTStream[t.Any]):
         """Apply the schema contract to ``record`` in place.
 
         Returns True when the stream's schema grew: the caller must then write a
-        new SCHEMA (:meth:`announce_schema`) before this record.
+        new SCHEMA (:meth:`announce_schema`) before this record. For a record that
+        fits, it costs the contract's quick check (``schema_contract.fits``).
         """
         grown = self.schema_contract.apply(record)
         if grown is None:
