@@ -9,7 +9,9 @@ and peak RSS count the same way for all of them:
 
 - ``tap``: the real ``tap-analytics --config cfg.json``, with each scenario's tap
   settings (v1-latency and v3-latency: also ``tap (serial)``,
-  ``max_concurrent_requests: 1``);
+  ``max_concurrent_requests: 1``; v3-latency: also ``tap, next run``, with
+  ``--state`` from an untimed ``tap`` run just before: nothing new since, so no
+  result is fetched again);
 - ``plain loop``: ``python scripts/bench.py --plain-loop SCENARIO BASE_URL``, which
   fetches the same pages one after another and writes one JSON line per record.
 
@@ -24,6 +26,14 @@ machine busy with something else?).
 ``--smoke`` uses tiny datasets, counts the records of each contender once more from
 its real output (untimed), and fails unless every contender emitted the same records
 and made the same requests.
+
+Scenarios ``v1-bulk-postgres`` and ``v1-latency-postgres`` time whole pipelines into
+one PostgreSQL (``scripts/pg-test-db.sh``) instead, each run into a new database:
+``meltano run tap-analytics target-postgres`` as ``meltano.yml`` has it (BATCH), the
+same with RECORD messages, and dlt's ``rest_api`` pipeline built from the source
+document (``scripts/dlt_pipeline.py``, in its own virtualenv from
+``scripts/dlt-setup.sh``), the baseline. A run counts only if every table then holds
+exactly the sandbox's rows (count and distinct keys). ``--smoke`` skips them.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -57,6 +68,15 @@ CLIENT_ID = "sandbox-client"
 CLIENT_SECRET = "sandbox-secret"
 API_KEY = "sandbox-key"
 TAP = Path(sysconfig.get_path("scripts")) / "tap-analytics"
+ROOT = Path(__file__).resolve().parent.parent
+MELTANO = ROOT / ".venv-meltano" / "bin" / "meltano"
+DLT_PYTHON = ROOT / ".venv-dlt" / "bin" / "python"
+V1_TABLES = ("jobs", "connections", "workspaces")
+# Each contender's schema, and its column for each table's primary key.
+POSTGRES_LOADS = {
+    "meltano": ("analytics_v1", ("jobId", "connectionId", "workspaceId")),
+    "dlt": ("dlt_v1", ("job_id", "connection_id", "workspace_id")),
+}
 # The SDK logs `METRIC: {...}` lines on stderr; the plain loop logs its count the
 # same way, so one parser reads the record counts of every contender.
 _METRIC = re.compile(r"METRIC: (\{.*\})$", re.MULTILINE)
@@ -73,16 +93,21 @@ WITHOUT_CONTRACT = "tap (serial, no schema contract)"
 class Scenario:
     name: str
     family: Literal["v1", "v3"]
-    settings: dict[str, int]  # sandbox settings, named as SandboxConfig fields
-    smoke: dict[str, int]  # the same, tiny enough for --smoke
+    settings: dict[str, int | str]  # sandbox settings, named as SandboxConfig fields
+    smoke: dict[str, int | str]  # the same, tiny enough for --smoke
     scaled: tuple[str, ...]  # the data sizes that --scale multiplies
     # (label, tap settings) of each tap run; the plain loop always runs last.
     taps: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # Also time the first tap's next run, from the STATE of one before it (v3:
+    # nothing new since, so no result is fetched again).
+    next_run: bool = False
+    # Pipelines into PostgreSQL (Meltano, then dlt as the baseline) instead.
+    postgres: bool = False
 
-    def sandbox_settings(self, *, smoke: bool, scale: float) -> dict[str, int]:
+    def sandbox_settings(self, *, smoke: bool, scale: float) -> dict[str, int | str]:
         base = self.smoke if smoke else self.settings
         return {
-            name: max(1, round(value * scale)) if name in self.scaled else value
+            name: max(1, round(int(value) * scale)) if name in self.scaled else value
             for name, value in base.items()
         }
 
@@ -99,9 +124,12 @@ SCENARIOS = {
             "cursor_page_size": PAGE_SIZE,
             "latency_ms": 0,
         },
-        # 2,050 jobs end on a short page; the full run's 200,000 on `next: null`.
+        # 750 jobs end on a short page; the full run's 200,000 on `next: null`.
+        # Fewer than 8 full pages: `jobs` is never split into windows (which a
+        # busy machine can trigger even without latency), so the requests match
+        # the loop's exactly.
         smoke={
-            "v1_jobs": 2_050,
+            "v1_jobs": 750,
             "v1_connections": 230,
             "v1_workspaces": 25,
             "cursor_page_size": PAGE_SIZE,
@@ -111,6 +139,16 @@ SCENARIOS = {
         taps=(
             ("tap", {}),
             ("tap (serial)", {"max_concurrent_requests": 1}),
+            # Read by `bench.py --batch-reader`, which opens every batch file.
+            # Serial: with output this cheap, loopback pages already count as slow
+            # to arrive, and windows would make the requests differ from the loop's.
+            (
+                "tap (BATCH, serial)",
+                {
+                    "batch_config": {"encoding": {"format": "jsonl"}},
+                    "max_concurrent_requests": 1,
+                },
+            ),
             # What the schema contract costs: the sandbox's undocumented extra_note
             # is on every record, so `tap (serial)` checks each one (issue 17:
             # within 3 %). Serial both, so that no window decision differs.
@@ -168,6 +206,7 @@ SCENARIOS = {
             ("tap", {"max_concurrent_requests": 8}),
             ("tap (serial)", {"max_concurrent_requests": 1}),
         ),
+        next_run=True,
     ),
     # Large results (issue 11): peak RSS must not grow with results per job, nor
     # with the number of workers.
@@ -220,6 +259,38 @@ SCENARIOS = {
             ("tap (40/s)", {"max_requests_per_second": 40}),
         ),
     ),
+    # End to end: v1-bulk's and v1-latency's data into PostgreSQL, Meltano against
+    # dlt. `next` as an absolute URL, as the real server sends it (API.md).
+    "v1-bulk-postgres": Scenario(
+        name="v1-bulk-postgres",
+        family="v1",
+        settings={
+            "v1_jobs": 200_000,
+            "v1_connections": 20_000,
+            "v1_workspaces": 2_000,
+            "cursor_page_size": PAGE_SIZE,
+            "cursor_shape": "url",
+            "latency_ms": 0,
+        },
+        smoke={},
+        scaled=("v1_jobs", "v1_connections", "v1_workspaces"),
+        postgres=True,
+    ),
+    "v1-latency-postgres": Scenario(
+        name="v1-latency-postgres",
+        family="v1",
+        settings={
+            "latency_ms": 20,
+            "v1_jobs": 40_000,
+            "v1_connections": 1_000,
+            "v1_workspaces": 100,
+            "cursor_page_size": PAGE_SIZE,
+            "cursor_shape": "url",
+        },
+        smoke={},
+        scaled=("v1_jobs", "v1_connections", "v1_workspaces"),
+        postgres=True,
+    ),
 }
 
 
@@ -228,6 +299,22 @@ class Contender:
     label: str
     argv: tuple[str, ...]
     singer: bool  # stdout is Singer messages (else one record per line)
+    # A next run: ``--state state_file``, written from an untimed run of ``first``.
+    state_file: Path | None = None
+    first: tuple[str, ...] = ()
+    env: dict[str, str] | None = None  # the whole environment, when not this one's
+    load: Load | None = None  # loads into PostgreSQL: the database, made anew per run
+
+
+@dataclass(frozen=True)
+class Load:
+    """A contender's database (made anew before each run) and where its rows go."""
+
+    database: str
+    schema: str
+    keys: tuple[str, ...]  # each V1_TABLES's primary key column
+    expected: tuple[int, ...]  # each V1_TABLES's rows in the sandbox
+    fresh: tuple[Path, ...] = ()  # files removed before each run (Meltano's state)
 
 
 @dataclass(frozen=True)
@@ -312,13 +399,16 @@ def plain_loop(scenario: str, base_url: str) -> None:
                 break
             offset += PAGE_SIZE
         for stream in ("connections", "workspaces"):
-            params: dict[str, Any] = {}
+            link, params = f"{base_url}/v1/{stream}", dict[str, Any]()
             while True:
-                body = get(f"{base_url}/v1/{stream}", params)
+                body = get(link, params)
                 emit(body["data"])
                 if not body.get("next"):
                     break
-                params = {"next": body["next"]}  # requests URL-encodes the token
+                if body["next"].startswith(("http://", "https://")):
+                    link, params = body["next"], {}  # a link: followed as is
+                else:
+                    params = {"next": body["next"]}  # requests URL-encodes a token
     else:
         session.headers["x-api-key"] = API_KEY
         emit([get(f"{base_url}/v3/workspace")["data"]])
@@ -347,6 +437,28 @@ def plain_loop(scenario: str, base_url: str) -> None:
     print(f"METRIC: {json.dumps(point)}", file=sys.stderr)
 
 
+def batch_reader() -> None:
+    """Read the tap's stdout as a target would: every BATCH file, record by record.
+
+    Writes each record as a JSON line (as the plain loop does), so that ``--smoke``
+    counts what the batch files held.
+    """
+    out = sys.stdout.buffer
+    count = 0
+    for line in sys.stdin.buffer:
+        message = json.loads(line)
+        if message["type"] != "BATCH":
+            continue
+        for url in message["manifest"]:
+            with open(url.removeprefix("file://"), "rb") as batch:
+                for record in batch:
+                    out.write(record)
+                    count += 1
+    out.flush()
+    point = {"type": "counter", "metric": "record_count", "value": count}
+    print(f"METRIC: {json.dumps(point)}", file=sys.stderr)
+
+
 # --- the sandbox process ------------------------------------------------------------
 
 
@@ -369,7 +481,7 @@ def _rss_mb(maxrss: int) -> float:
 class Sandbox:
     """``python -m tap_analytics.sandbox`` in a process of its own, for one scenario."""
 
-    def __init__(self, settings: dict[str, int], workdir: Path) -> None:
+    def __init__(self, settings: dict[str, int | str], workdir: Path) -> None:
         flags = [
             part
             for name, value in settings.items()
@@ -479,13 +591,20 @@ def _delta(before: float | None, after: float | None) -> float | None:
 def _contenders(scenario: Scenario, base_url: str, workdir: Path) -> list[Contender]:
     def tap(label: str, settings: dict[str, Any]) -> Contender:
         config = workdir / f"tap-config-{len(taps)}.json"
-        # METRIC lines carry the record counts read below (off by default).
-        tap_config = {"base_url": base_url, "log_metrics": True, **settings}
+        # METRIC lines carry the record counts read below (off by default); with
+        # BATCH the reader's count of what the files held is the one that counts.
+        metrics = "batch_config" not in settings
+        tap_config = {"base_url": base_url, "log_metrics": metrics, **settings}
         config.write_text(json.dumps(tap_config))
+        argv: tuple[str, ...] = (str(TAP), "--config", str(config))
         if label == WITHOUT_CONTRACT:
-            internal = (sys.executable, __file__, "--tap-without-schema-contract")
-            return Contender(label, (*internal, str(config)), singer=True)
-        return Contender(label, (str(TAP), "--config", str(config)), singer=True)
+            argv = (sys.executable, __file__, "--tap-without-schema-contract", argv[-1])
+        if "batch_config" not in settings:
+            return Contender(label, argv, singer=True)
+        # The batch files are read while the tap runs: the tap waits for that.
+        reader = (sys.executable, __file__, "--batch-reader")
+        pipeline = f"{shlex.join(argv)} | {shlex.join(reader)}"
+        return Contender(label, ("/bin/sh", "-c", pipeline), singer=False)
 
     taps: list[Contender] = []
     if scenario.family == "v1":
@@ -495,12 +614,136 @@ def _contenders(scenario: Scenario, base_url: str, workdir: Path) -> list[Conten
     else:
         for label, settings in scenario.taps:
             taps.append(tap(label, {"api_key": API_KEY, **settings}))
+    if scenario.next_run:
+        state = workdir / "state.json"
+        first = taps[0]
+        argv = (*first.argv, "--state", str(state))
+        taps.append(
+            Contender(f"{first.label}, next run", argv, True, state, first.argv)
+        )
     loop = Contender(
         "plain loop",
         (sys.executable, __file__, "--plain-loop", scenario.name, base_url),
         singer=False,
     )
     return [*taps, loop]
+
+
+def _postgres_contenders(
+    sandbox: Sandbox, settings: dict[str, int | str], workdir: Path
+) -> list[Contender]:
+    """``meltano run`` with BATCH and with RECORD messages, then dlt (the baseline)."""
+    server = _pg_test_db("ensure")
+    expected = tuple(int(settings[f"v1_{table}"]) for table in V1_TABLES)
+
+    def load(name: str, kind: str, *fresh: Path) -> Load:
+        schema, keys = POSTGRES_LOADS[kind]
+        return Load(f"bench_{name}", schema, keys, expected, fresh)
+
+    # Only what configures the pipeline, as in tests/e2e: nothing inherited.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TAP_ANALYTICS", "TARGET_", "MELTANO_"))
+    }
+    system_db = workdir / "meltano.db"
+    meltano_env = {
+        **env,
+        "MELTANO_DATABASE_URI": f"sqlite:///{system_db}",
+        "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "MELTANO_CLI_DISABLE_VERSION_CHECK": "true",
+        "TAP_ANALYTICS_BASE_URL": sandbox.base_url,
+        "TAP_ANALYTICS_CLIENT_ID": CLIENT_ID,
+        "TAP_ANALYTICS_CLIENT_SECRET": CLIENT_SECRET,
+        "TARGET_POSTGRES_HOST": server["PGHOST"],
+        "TARGET_POSTGRES_PORT": server["PGPORT"],
+        "TARGET_POSTGRES_USER": server["PGUSER"],
+        "TARGET_POSTGRES_PASSWORD": server["PGPASSWORD"],
+    }
+    run = (str(MELTANO), "run", "tap-analytics", "target-postgres")
+    dlt_url = (
+        f"postgresql://{server['PGUSER']}:{server['PGPASSWORD']}@{server['PGHOST']}"
+        f":{server['PGPORT']}/bench_dlt"
+    )
+    return [
+        Contender(
+            "meltano (BATCH)",
+            run,
+            singer=False,
+            env={**meltano_env, "TARGET_POSTGRES_DATABASE": "bench_batch"},
+            load=load("batch", "meltano", system_db),
+        ),
+        Contender(
+            "meltano (RECORD)",
+            run,
+            singer=False,
+            env={
+                **meltano_env,
+                "TARGET_POSTGRES_DATABASE": "bench_record",
+                "MELTANO_ENVIRONMENT": "demo",  # meltano.yml's RECORD environment
+            },
+            load=load("record", "meltano", system_db),
+        ),
+        Contender(
+            "dlt",
+            (
+                str(DLT_PYTHON),
+                str(ROOT / "scripts" / "dlt_pipeline.py"),
+                sandbox.base_url,
+                dlt_url,
+                POSTGRES_LOADS["dlt"][0],
+            ),
+            singer=False,
+            env=env,
+            load=load("dlt", "dlt"),
+        ),
+    ]
+
+
+def _pg_test_db(*args: str) -> dict[str, str]:
+    """``scripts/pg-test-db.sh ARGS``: its KEY=VALUE connection info."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "pg-test-db.sh"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        raise RuntimeError(f"scripts/pg-test-db.sh {shlex.join(args)}: {done.stderr}")
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def _prepare(load: Load) -> None:
+    """An empty database, and no state from the run before."""
+    _pg_test_db("create", load.database)
+    for path in load.fresh:
+        path.unlink(missing_ok=True)
+
+
+def _loaded_rows(load: Load) -> int:
+    """Rows in the contender's tables, once each holds exactly the sandbox's."""
+    import psycopg  # the project's dev dependency; only these scenarios need it
+
+    server = _pg_test_db("ensure")
+    problems, total = [], 0
+    with psycopg.connect(
+        host=server["PGHOST"],
+        port=int(server["PGPORT"]),
+        user=server["PGUSER"],
+        password=server["PGPASSWORD"],
+        dbname=load.database,
+    ) as conn:
+        for table, key, want in zip(V1_TABLES, load.keys, load.expected, strict=True):
+            rows, keys = conn.execute(
+                f'SELECT count(*), count(DISTINCT "{key}") '
+                f'FROM "{load.schema}"."{table}"'
+            ).fetchone() or (0, 0)
+            total += rows
+            if rows != want or keys != want:
+                problems.append(f"{table}: {rows:,} rows, {keys:,} keys of {want:,}")
+    if problems:
+        raise ChildFailedError("wrong rows in PostgreSQL: " + "; ".join(problems))
+    return total
 
 
 # Spawns a contender, times it, and writes its exit code and rusage to a file. Spawned
@@ -533,6 +776,8 @@ def measure(contender: Contender, sandbox: Sandbox, workdir: Path) -> Measuremen
     """One timed run with stdout to /dev/null, spawned through ``_LAUNCHER``."""
     stderr_path = workdir / "stderr.log"
     report_path = workdir / "launch.json"
+    if contender.load is not None:
+        _prepare(contender.load)
     sandbox.clear_requests()
     sandbox_cpu, busy = sandbox.cpu_seconds(), _busy_cpu_seconds()
     launch = (sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report_path))
@@ -541,6 +786,8 @@ def measure(contender: Contender, sandbox: Sandbox, workdir: Path) -> Measuremen
             [*launch, *contender.argv],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            env=contender.env,
+            cwd=ROOT,  # the Meltano project
             check=False,
         )
     sandbox_cpu = _delta(sandbox_cpu, sandbox.cpu_seconds())
@@ -550,14 +797,18 @@ def measure(contender: Contender, sandbox: Sandbox, workdir: Path) -> Measuremen
     report = json.loads(report_path.read_text())
     if report["exit"]:
         raise ChildFailedError(f"exit {report['exit']}:\n{_stderr_tail(stderr_path)}")
-    metrics = (json.loads(m) for m in _METRIC.findall(stderr_path.read_text()))
+    if contender.load is not None:
+        records = _loaded_rows(contender.load)
+    else:
+        metrics = (json.loads(m) for m in _METRIC.findall(stderr_path.read_text()))
+        records = sum(m["value"] for m in metrics if m["metric"] == "record_count")
     cpu = report["cpu"]
     requests, rejected = sandbox.request_counts()
     return Measurement(
         wall=report["wall"],
         cpu=cpu,
         peak_rss_mb=_rss_mb(report["maxrss"]),
-        records=sum(m["value"] for m in metrics if m["metric"] == "record_count"),
+        records=records,
         requests=requests,
         rejected=rejected,
         sandbox_cpu=sandbox_cpu,
@@ -588,8 +839,25 @@ def count_output(contender: Contender, workdir: Path) -> int:
     return count
 
 
-def smoke_problems(outcomes: list[Outcome], counted: dict[str, int]) -> list[str]:
-    """Where the contenders disagree on records or requests, or a counter lies."""
+def write_first_state(contender: Contender) -> None:
+    """The last STATE of an untimed run of ``contender.first``, for its next run."""
+    assert contender.state_file is not None
+    done = subprocess.run(contender.first, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise ChildFailedError(f"exit {done.returncode}:\n{done.stderr[-2000:]}")
+    states = [
+        m for m in map(json.loads, done.stdout.splitlines()) if m["type"] == "STATE"
+    ]
+    contender.state_file.write_text(json.dumps(states[-1]["value"]))
+
+
+def smoke_problems(
+    outcomes: list[Outcome], counted: dict[str, int], next_run_requests: int
+) -> list[str]:
+    """Where the contenders disagree on records or requests, or a counter lies.
+
+    A next run must ask for no result page: ``next_run_requests`` in all.
+    """
     problems = []
     for outcome in outcomes:
         label = outcome.contender.label
@@ -603,6 +871,12 @@ def smoke_problems(outcomes: list[Outcome], counted: dict[str, int]) -> list[str
     for outcome in outcomes[:-1]:
         for run in outcome.runs:
             label = outcome.contender.label
+            if outcome.contender.state_file is not None:
+                if run.requests != next_run_requests:
+                    problems.append(
+                        f"{label}: {run.requests} requests, not {next_run_requests}"
+                    )
+                continue
             if run.records != expected.records:
                 problems.append(
                     f"{label}: {run.records} records, plain loop {expected.records}"
@@ -628,8 +902,8 @@ def _median(values: list[float | None]) -> float | None:
 
 def table(outcomes: list[Outcome]) -> str:
     rows = [
-        "| run | wall s | ratio to plain loop | records/s | peak RSS MB | requests "
-        "| 429s | CPU s | sandbox CPU s | others' CPU s |",
+        f"| run | wall s | ratio to {outcomes[-1].contender.label} | records/s "
+        "| peak RSS MB | requests | 429s | CPU s | sandbox CPU s | others' CPU s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     loop = outcomes[-1]
@@ -692,18 +966,28 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, out: IO[str]) -> 
     counted: dict[str, int] = {}  # records in the real output, for --smoke
     with tempfile.TemporaryDirectory(prefix="tap-analytics-bench-") as tmp:
         workdir = Path(tmp)
+        if scenario.postgres:
+            log(f"{scenario.name}: setting up Meltano, dlt and PostgreSQL")
+            for setup in ("meltano-setup.sh", "dlt-setup.sh"):
+                subprocess.run(["bash", str(ROOT / "scripts" / setup)], check=True)
         sandbox = Sandbox(settings, workdir)
         try:
             log(f"{scenario.name}: sandbox ready in {sandbox.startup_seconds:.1f} s")
-            outcomes = [
-                Outcome(c) for c in _contenders(scenario, sandbox.base_url, workdir)
-            ]
-            loop = outcomes[-1]
+            if scenario.postgres:
+                contenders = _postgres_contenders(sandbox, settings, workdir)
+            else:
+                contenders = _contenders(scenario, sandbox.base_url, workdir)
+            outcomes = [Outcome(c) for c in contenders]
+            loop = Outcome(_contenders(scenario, sandbox.base_url, workdir)[-1])
             # Untimed warm-up: the sandbox renders cursor pages on first request
             # and caches them, which must not be charged to the first contender.
             warm_up = _attempt(
                 scenario, loop, functools.partial(count_output, loop.contender, workdir)
             )
+            for outcome in outcomes:
+                if outcome.contender.state_file is not None:
+                    first = functools.partial(write_first_state, outcome.contender)
+                    _attempt(scenario, outcome, first)
             # Repeats interleave the contenders, so drift hits them all alike.
             for _ in range(args.repeat):
                 for outcome in outcomes:
@@ -731,14 +1015,26 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, out: IO[str]) -> 
                         counted[outcome.contender.label] = count
         finally:
             sandbox.stop()
-    failed = any(o.failure is not None for o in outcomes)
-    problems = smoke_problems(outcomes, counted) if args.smoke and not failed else []
+            for contender in contenders if scenario.postgres else ():
+                if contender.load is not None:
+                    _pg_test_db("drop", contender.load.database)
+    failed = any(o.failure is not None for o in outcomes) or loop.failure is not None
+    # v3: the workspace, the workflows and one job list per workflow
+    next_run_requests = 2 + int(settings.get("v3_workflows", 0))
+    problems = (
+        smoke_problems(outcomes, counted, next_run_requests)
+        if args.smoke and not failed
+        else []
+    )
     notes = [
         f"scale {args.scale:g}",
         *(["smoke"] if args.smoke else []),
         *([f"median of {args.repeat} runs"] if args.repeat > 1 else []),
     ]
-    sizes = ", ".join(f"{name}={value:,}" for name, value in settings.items())
+    sizes = ", ".join(
+        f"{name}={value:,}" if isinstance(value, int) else f"{name}={value}"
+        for name, value in settings.items()
+    )
     out.write(
         f"\n### {scenario.name} ({', '.join(notes)})\n\n"
         f"Sandbox: {sizes}; ready in {sandbox.startup_seconds:.1f} s, "
@@ -779,6 +1075,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="internal: run the plain loop against a sandbox",
     )
     parser.add_argument(
+        "--batch-reader",
+        action="store_true",
+        help="internal: read BATCH files named on stdin, as a target does",
+    )
+    parser.add_argument(
         "--tap-without-schema-contract",
         metavar="CONFIG",
         help="internal: run the tap with its schema contract skipped",
@@ -794,10 +1095,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plain_loop is not None:
         plain_loop(*args.plain_loop)
         return 0
+    if args.batch_reader:
+        batch_reader()
+        return 0
     if args.tap_without_schema_contract is not None:
         tap_without_schema_contract(args.tap_without_schema_contract)
         return 0
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if args.smoke:  # PostgreSQL, Meltano and dlt: no smoke-sized run of those
+        names = [name for name in names if not SCENARIOS[name].postgres]
     print(machine(), flush=True)
     ok = True
     for name in names:

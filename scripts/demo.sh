@@ -6,12 +6,14 @@
 # 1. installs Meltano (.venv-meltano) and the plugins (.meltano/) when needed;
 # 2. starts the sandbox API on a free loopback port (stopped on exit, whatever happens);
 # 3. runs `meltano run tap-analytics target-duckdb` (v1 -> schema analytics_v1) and
-#    `meltano run tap-analytics-v3 target-duckdb` (v3 -> schema analytics_v3);
+#    `meltano run tap-analytics-v3 target-duckdb` (v3 -> schema analytics_v3), in
+#    meltano.yml's environment `demo` (RECORD messages: target-duckdb reads no BATCH);
 # 4. prints the row count of every table next to the sandbox's own count.
 #
 # The DuckDB file (output/warehouse.duckdb) and Meltano's state (.meltano/) are kept, so a
-# second run extracts v1 jobs incrementally and merges every stream on its primary key:
-# the counts stay the same. It exits non-zero when a step fails or a count differs.
+# second run extracts v1 jobs incrementally, asks v3 for no job results it loaded before,
+# and merges every stream on its primary key: the counts stay the same. It exits non-zero
+# when a step fails or a count differs.
 #
 # Environment: DEMO_SEED (42), DEMO_DUCKDB (output/warehouse.duckdb).
 set -euo pipefail
@@ -70,6 +72,10 @@ export TAP_ANALYTICS_CLIENT_SECRET=sandbox-secret
 export TAP_ANALYTICS_V3_API_KEY=sandbox-key
 export TARGET_DUCKDB_FILEPATH="$DUCKDB_FILE"
 mkdir -p "$(dirname "$DUCKDB_FILE")"
+
+# target-duckdb reads RECORD messages only: meltano.yml's demo environment sends those
+# (its dev environment sends BATCH messages, for target-postgres).
+export MELTANO_ENVIRONMENT=demo
 
 step "meltano run tap-analytics target-duckdb   (v1 -> analytics_v1)"
 "$MELTANO" run tap-analytics target-duckdb

@@ -51,5 +51,16 @@ fi
 
 "$MELTANO" install
 mkdir -p "$ROOT/.meltano" "$ROOT/output"
+
+# Byte-compile Meltano, every plugin and the tap once, as pip does by default:
+# plugin venvs are installed without it, and where PYTHONDONTWRITEBYTECODE is set
+# (as in many CI and Docker images) nothing is ever cached, so every `meltano run`
+# compiled all three programs' imports from source again (measured: 2.8 s of
+# target-postgres's start alone). Quick when up to date.
+log "byte-compiling Meltano, the plugins and the tap"
+for venv in "$VENV" "$ROOT"/.meltano/*/*/venv; do
+    "$venv/bin/python" -m compileall -q -j 0 "$venv/lib" >/dev/null || true
+done
+"$VENV/bin/python" -m compileall -q -j 0 "$ROOT/tap_analytics" >/dev/null || true
 echo "$want" >"$stamp"
 log "ready: $MELTANO"

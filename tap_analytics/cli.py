@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 
 import requests
-import simplejson  # the SDK reads --config, --state and --catalog with it
 from singer_sdk.exceptions import (
     FatalAPIError,
     InvalidStreamSortException,
@@ -16,6 +14,7 @@ from singer_sdk.exceptions import (
     RetriableAPIError,
 )
 
+from tap_analytics.batches import BatchOutput
 from tap_analytics.concurrency import Prefetcher
 from tap_analytics.errors import (
     TapAnalyticsError,
@@ -23,18 +22,18 @@ from tap_analytics.errors import (
     connection_problem,
 )
 from tap_analytics.interrupts import RunInterrupted
+from tap_analytics.output import BufferedMsgSpecWriter
 from tap_analytics.retry import MAX_ATTEMPTS
 from tap_analytics.tap import TapAnalytics
 from tap_analytics.urls import safe_url
 
+#: Seconds a failed or interrupted run waits for the target to open each of its
+#: last batch files (tap_analytics.batches) before it exits.
+HAND_OVER_SECONDS = 10.0
+
 
 def failure_message(exc: BaseException) -> str | None:
     """One line for an expected failure; ``None`` for a bug (keep the traceback)."""
-    if isinstance(exc, (json.JSONDecodeError, simplejson.JSONDecodeError)):
-        # The message is a position, never the file's content.
-        return f"a --config, --state or --catalog file is not valid JSON: {exc}"
-    if isinstance(exc, FileNotFoundError):
-        return str(exc)
     if isinstance(exc, MappingError):
         return f"stream_maps: {exc}"
     if isinstance(exc, RetriableAPIError):
@@ -59,7 +58,8 @@ def main() -> None:
     except RunInterrupted as interrupt:
         Prefetcher.cancel_all()
         with contextlib.suppress(TargetClosedPipeError, OSError):  # target gone too
-            interrupt.write_state()
+            interrupt.write_state()  # announces the open batches first
+            BatchOutput.end_all(timeout=HAND_OVER_SECONDS)
             sys.stdout.flush()
         print(f"tap-analytics: {interrupt.message}", file=sys.stderr, flush=True)
         # Without waiting for child requests still in flight in the prefetch pool
@@ -71,6 +71,11 @@ def main() -> None:
             raise
         Prefetcher.cancel_all()  # nobody will read what is still queued
         TapAnalytics.logger.debug("Failure", exc_info=True)
+        if not isinstance(exc, TargetClosedPipeError):
+            # Every record written before the failure reaches the target.
+            with contextlib.suppress(TargetClosedPipeError, OSError):
+                BatchOutput.end_all(timeout=HAND_OVER_SECONDS)
+                BufferedMsgSpecWriter.flush_all()
         if isinstance(exc, TargetClosedPipeError):
             # Else Python's flush of stdout at exit reports the broken pipe again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -13,8 +13,12 @@ from urllib.parse import urlsplit
 import requests
 from singer_sdk import metrics
 from singer_sdk.exceptions import RetriableAPIError
-from singer_sdk.helpers._catalog import get_selected_schema
+from singer_sdk.helpers._catalog import (
+    get_selected_schema,
+    pop_deselected_record_properties,
+)
 from singer_sdk.helpers.conform import TypeConformanceLevel
+from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
 
@@ -38,6 +42,7 @@ if t.TYPE_CHECKING:
     from singer_sdk.helpers.types import Auth, Context
     from singer_sdk.streams.rest import HTTPRequest, PageContext
 
+    from tap_analytics.output import BufferedMsgSpecWriter
     from tap_analytics.tap import TapAnalytics
 
 
@@ -90,6 +95,15 @@ class AnalyticsStream(RESTStream[t.Any]):
         )
         self._logged_once: set[str] = set()
         self.logger.addFilter(DEMOTE_SDK_NOISE)
+        #: Where records go instead of RECORD messages (batch_config), if anywhere.
+        self._batches = self.analytics_tap.batches
+        self._record_writer = t.cast(
+            "BufferedMsgSpecWriter", self.analytics_tap.message_writer
+        )
+        if self._batches is not None:
+            # A STATE closes every open batch (tap_analytics.batches), so STATE
+            # comes once per batch, not every STATE_MSG_FREQUENCY records.
+            self.STATE_MSG_FREQUENCY = self._batches.settings.batch_size
 
     @property
     def analytics_tap(self) -> TapAnalytics:
@@ -144,6 +158,7 @@ class AnalyticsStream(RESTStream[t.Any]):
 
     def validate_response(self, response: requests.Response) -> None:
         """Classify a response by API.md's rules (the SDK retries every 5xx)."""
+        self.analytics_tap.run_clock.observe(response)
         status = response.status_code
         if status in RETRY_STATUSES:
             raise RetriableAPIError(describe_failure(response), response)
@@ -269,6 +284,10 @@ class AnalyticsStream(RESTStream[t.Any]):
             return False
         self._grow_schema(grown)
         self.stream_state[STATE_KEY] = self.schema_contract.typed_fields
+        for name, schema in grown.items():
+            self.analytics_tap.run_stats.count_added_field(
+                self.name, name, schema["type"][0]
+            )
         return True
 
     def _grow_schema(self, properties: dict[str, t.Any]) -> None:
@@ -292,36 +311,123 @@ class AnalyticsStream(RESTStream[t.Any]):
     def _deselects_properties(self) -> bool:
         return not all(self.mask.values())
 
-    def _generate_record_messages(
+    @cached_property
+    def _unmapped_alias(self) -> str | None:
+        """The output stream when records go out as they are (no map, no
+        flattening, nothing deselected: the usual case), else None."""
+        maps = self.stream_maps
+        if len(maps) == 1 and not self._deselects_properties:
+            only = maps[0]
+            if type(only) is SameRecordTransform and not only.flattening_enabled:
+                return only.stream_alias
+        return None
+
+    def _mapped_records(
         self, record: dict[str, t.Any]
-    ) -> Generator[RecordMessage, None, None]:
-        # A field beyond the schema would be dropped silently by schema-driven
-        # targets: the contract decides, and a grown schema goes out before the
-        # record. Only its quick check runs for every record.
-        contract = self.schema_contract
-        if not contract.fits(record) and self.apply_schema_contract(record):
-            self.announce_schema()
-        # The SDK walks every property of every record to drop deselected ones;
-        # when none is deselected (the usual catalog) there is nothing to drop.
-        if self._deselects_properties:
-            yield from super()._generate_record_messages(record)
+    ) -> Iterator[tuple[str, dict[str, t.Any]]]:
+        """``record`` as each stream map emits it: (output stream, record).
+
+        What the SDK's ``_generate_record_messages`` does, minus two walks over
+        every property: type conformance (none here, see TYPE_CONFORMANCE_LEVEL)
+        and dropping deselected properties when none is deselected (the usual
+        catalog).
+        """
+        if (alias := self._unmapped_alias) is not None:
+            yield alias, record
             return
+        if self._deselects_properties:
+            pop_deselected_record_properties(record, self.schema, self.mask)
         for stream_map in self.stream_maps:
             mapped = stream_map.transform(record)
             if mapped is not None:
-                yield RecordMessage(
-                    stream=stream_map.stream_alias,
-                    record=mapped,
-                    version=self._stream_version,
-                    time_extracted=datetime.datetime.now(datetime.UTC),
-                )
+                yield stream_map.stream_alias, mapped
+
+    def _generate_record_messages(
+        self, record: dict[str, t.Any]
+    ) -> Generator[RecordMessage, None, None]:
+        for stream, mapped in self._mapped_records(record):
+            yield RecordMessage(
+                stream=stream,
+                record=mapped,
+                version=self._stream_version,
+                time_extracted=datetime.datetime.now(datetime.UTC),
+            )
+
+    # --- BATCH messages (tap_analytics.batches) -----------------------------
+
+    def get_batch_config(self, config: t.Mapping[str, t.Any]) -> None:
+        # The SDK's batch path is not used (see tap_analytics.batches for why):
+        # records take its RECORD path, and _write_record_message writes them to
+        # batch files when batch_config is set.
+        return None
+
+    def finalize_state_progress_markers(self, state: dict | None = None) -> None:
+        # The SDK calls this after each top-level stream (and its children) has
+        # synced: hand the target their last batches now, not at the next STATE.
+        if self._batches is not None:
+            self._batches.announce_all()
+        super().finalize_state_progress_markers(state)
+
+    def _write_record_message(self, record: dict[str, t.Any]) -> None:
+        # A field beyond the schema would be dropped silently by schema-driven
+        # targets: the contract decides, and a grown schema goes out before the
+        # record. Only its quick check runs for every record.
+        grew = not self.schema_contract.fits(record) and self.apply_schema_contract(
+            record
+        )
+        batches = self._batches
+        if batches is None:
+            if grew:
+                self.announce_schema()
+            # The SDK's RECORD messages, written without the message objects.
+            writer = self._record_writer
+            for stream, mapped in self._mapped_records(record):
+                writer.write_record(stream, mapped, self._stream_version)
+            self.state_manager.is_flushed = False
+            return
+        if grew:
+            # The batch so far was written under the old schema: hand it over,
+            # then the new SCHEMA, then a new batch.
+            for stream_map in self.stream_maps:
+                batches.announce(stream_map.stream_alias)
+            self.announce_schema()
+        for stream, mapped in self._mapped_records(record):
+            batches.write(stream, mapped)
+        self.state_manager.is_flushed = False
+
+    def _process_record(
+        self,
+        record: dict[str, t.Any],
+        child_context: Context | None = None,
+        partition_context: Context | None = None,
+    ) -> None:
+        # The SDK copies the partition context into each record and walks its
+        # child contexts; a stream with neither (v1) has nothing to do here.
+        if self.child_streams or partition_context:
+            super()._process_record(record, child_context, partition_context)
 
     def generate_child_contexts(
         self, record: dict[str, t.Any], context: Context | None
     ) -> Iterator[Context | None]:
         # The SDK copies a context per record even for streams without children.
+        # The page pool (tap_analytics.concurrency) asks here too, so whatever
+        # decides that a record's children are not synced decides it for both.
         if self.child_streams:
             yield from super().generate_child_contexts(record, context)
+
+    def sync_completed(self) -> None:
+        """Called once every stream of the run has synced without an error.
+
+        The SDK has no hook for this (its sync_all is final and a child stream
+        is synced once per parent).
+        """
+
+    def publish_state(self) -> None:
+        """Put what this stream holds back from its state entry into it.
+
+        Called before the STATE written at an interrupt, which a rerun resumes
+        from; the SDK has no hook there either.
+        """
 
     # --- retry policy (API.md "Both families"; see tap_analytics.retry) ------
 
@@ -359,8 +465,9 @@ class ChildStream(AnalyticsStream):
 
     State is kept per stream, not per parent: by default the SDK keeps one
     bookmark entry per parent context, so state grows with the number of parents
-    (2,000 workflows → hundreds of MB of STATE). These streams are full-table, so
-    there is nothing per parent worth keeping.
+    (2,000 workflows → hundreds of MB of STATE). Nothing per parent is worth
+    keeping: the jobs lists are full-table, and job results keep one entry that
+    says which jobs' results are loaded (tap_analytics.loaded_results).
     """
 
     #: The field that carries the parent's key in each record.
@@ -369,6 +476,8 @@ class ChildStream(AnalyticsStream):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.state_partitioning_keys = []  # one state entry, whatever the parent
+        #: Parents whose request answered 404 in this run (pool workers add).
+        self.gone_parents: set[str] = set()
 
     def validate_response(self, response: requests.Response) -> None:
         if response.status_code == 404:
@@ -391,6 +500,7 @@ class ChildStream(AnalyticsStream):
                 yield record
         except ParentGoneError as exc:
             assert context is not None  # only child requests raise it
+            self.gone_parents.add(context["parent_id"])
             self.analytics_tap.run_stats.count_skipped_parent(self.name)
             parent = getattr(self.parent_stream_type, "name", "?")  # a class attribute
             when = f" after {records} records" if records else ""

@@ -272,20 +272,21 @@ class Prefetcher:
         self, parent: Stream, record: Record, context: Context | None, order: Order
     ) -> None:
         # Same decisions the SDK makes before syncing children: the parent's filter
-        # (post_process, on a copy), its stream map's filter and its child context.
+        # (post_process, on a copy), its stream map's filter and its child contexts
+        # (none for a job whose results are loaded already).
         kept = parent.post_process(dict(record), context)
         if kept is None or not parent.stream_maps[0].get_filter_result(kept):
             return
-        child_context = parent.get_child_context(kept, context)
-        if child_context is None:
-            return
-        readers: dict[str, list[AnalyticsStream]] = collections.defaultdict(list)
-        for child in parent.child_streams:
-            if child.selected or child.has_selected_descendents:
-                child = t.cast("AnalyticsStream", child)
-                readers[child.get_url(child_context)].append(child)
-        for url, streams in readers.items():
-            self.submit(url, order, streams, child_context)
+        for child_context in parent.generate_child_contexts(kept, context):
+            if child_context is None:
+                continue
+            readers: dict[str, list[AnalyticsStream]] = collections.defaultdict(list)
+            for child in parent.child_streams:
+                if child.selected or child.has_selected_descendents:
+                    child = t.cast("AnalyticsStream", child)
+                    readers[child.get_url(child_context)].append(child)
+            for url, streams in readers.items():
+                self.submit(url, order, streams, child_context)
 
     def submit(
         self,
@@ -362,7 +363,10 @@ class Prefetcher:
                 return
             page, finished, error = self._fetch_page(fetch)
             if page and fetch.generation == self._generation and not fetch.dropped:
-                fetch.on_page(fetch, page)
+                try:
+                    fetch.on_page(fetch, page)
+                except Exception as exc:  # e.g. a bad STATE: the main thread says
+                    finished, error = True, exc
             with self._cond:
                 self._in_flight -= 1
                 dropped = fetch.generation != self._generation or fetch.dropped

@@ -8,6 +8,7 @@ and the exit code must be non-zero. Tracebacks are kept for ``--log-level debug`
 from __future__ import annotations
 
 import ssl
+import typing as t
 
 import requests
 from singer_sdk.exceptions import FatalAPIError
@@ -21,6 +22,31 @@ class TapAnalyticsError(Exception):
 
 class ConfigError(TapAnalyticsError):
     """A setting is missing, of the wrong type or contradicts another one."""
+
+
+class InputFileError(TapAnalyticsError):
+    """A ``--config``, ``--state`` or ``--catalog`` file cannot be used as it is.
+
+    Its message names the option and the path, never the file's content.
+    """
+
+
+class StateError(TapAnalyticsError):
+    """The input state was not written by this tap for these streams.
+
+    A sync from it would silently start over or fail midway blaming the data, so
+    the run stops before it emits anything. Found where the state is loaded, which
+    does not know the file: the command line names it with :meth:`in_file`.
+    """
+
+    def __init__(self, problem: str, fix: t.Callable[[str | None], str]) -> None:
+        self.problem = problem
+        #: What to do, given the state file's path when it is known.
+        self.fix = fix
+        super().__init__(f"the state {problem}: {fix(None)}")
+
+    def in_file(self, path: str) -> InputFileError:
+        return InputFileError(f"--state {path} {self.problem}: {self.fix(path)}")
 
 
 class APIResponseError(FatalAPIError):

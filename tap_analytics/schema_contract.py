@@ -185,7 +185,8 @@ class SchemaContract:
                 del record[name]
                 continue
             grown[name] = self._add(name, json_type(value))
-            self._logger.info(
+            # The run's last lines list every field added (RunStats): DEBUG here.
+            self._logger.debug(
                 "Stream '%s': new field '%s' (%s) added to the schema",
                 self.stream,
                 name,

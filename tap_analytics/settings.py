@@ -5,6 +5,7 @@ Every message here names a setting, never its value: a value may be a secret.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import typing as t
 
@@ -126,6 +127,18 @@ CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
         description="v1: `limit` of each `jobs` page.",
     ),
     th.Property(
+        "job_results_lookback_minutes",
+        th.IntegerType(minimum=5),
+        default=30,
+        description=(
+            "v3: minutes before the last completed run within which finished "
+            "jobs are still checked one by one (their uids kept in STATE); "
+            "older jobs' results are not fetched again. At least 5: the API "
+            "lists a job up to 5 minutes after its finish_time. A larger value "
+            "costs STATE size, not requests."
+        ),
+    ),
+    th.Property(
         "request_timeout",
         th.IntegerType(minimum=1),
         default=60,
@@ -191,6 +204,25 @@ CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
         ),
     ),
 ).to_dict()
+
+
+def unknown_settings(
+    config: t.Mapping[str, t.Any], schema: t.Mapping[str, t.Any]
+) -> list[str]:
+    """A warning for each setting of ``config`` that ``schema`` does not declare.
+
+    The SDK ignores them silently, so a typo in an optional setting (``start_dat``)
+    would run with its default: here it is named, with the closest known one.
+    """
+    known = list(schema["properties"])
+    warnings = []
+    for name in sorted(set(config) - set(known)):
+        if close := difflib.get_close_matches(name, known, n=1):
+            hint = f"did you mean '{close[0]}'?"
+        else:
+            hint = "tap-analytics --about lists the settings"
+        warnings.append(f"unknown setting '{name}' is ignored; {hint}")
+    return warnings
 
 
 def config_problems(

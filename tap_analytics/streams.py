@@ -6,11 +6,13 @@ import datetime
 import hashlib
 import threading
 import typing as t
+from functools import cached_property
 
 import msgspec
 
 from tap_analytics import concurrency, schemas
 from tap_analytics.client import AnalyticsStream, ChildStream
+from tap_analytics.loaded_results import LoadedResults
 from tap_analytics.pagination import (
     BodyCursorPaginator,
     JobsKeysetPaginator,
@@ -21,7 +23,7 @@ from tap_analytics.timestamps import normalize_timestamp
 from tap_analytics.windows import KeysetWindows
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     import requests
     from singer_sdk.helpers.types import Context
@@ -219,8 +221,26 @@ class V3SuccessfulJobsStream(V3JobsStream):
             return None
         return super().post_process(row, context)
 
+    def generate_child_contexts(
+        self, record: Record, context: Context | None
+    ) -> Iterator[Context | None]:
+        # A job whose results are loaded already gets no child context, so the
+        # SDK syncs no children for it and the page pool requests none; yielding
+        # a None context instead would log a WARNING per job.
+        results = t.cast("V3JobResultsStream", self.child_streams[0])
+        if results.loaded_results.wants(record["uid"], record.get("finish_time")):
+            yield from super().generate_child_contexts(record, context)
+
 
 class V3JobResultsStream(V3Stream, ChildStream):
+    """Results of successful jobs, each job's fetched by one run only.
+
+    Which jobs' results are loaded is this stream's state entry
+    (:mod:`tap_analytics.loaded_results`). A run emits only the results it has
+    not loaded before, so it must never send ACTIVATE_VERSION: a target would
+    then delete the results of earlier runs.
+    """
+
     name = "job_results"
     path = "/v3/jobs/{parent_id}/results"
     primary_keys = ("job_result_id",)
@@ -228,6 +248,71 @@ class V3JobResultsStream(V3Stream, ChildStream):
     parent_stream_type = V3SuccessfulJobsStream
     parent_key_field = "job_uid"
     records_key = "results"
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._records_since_state = 0
+        self._jobs_fetched = 0
+
+    @property
+    def emit_activate_version_messages(self) -> bool:
+        return False
+
+    @cached_property
+    def loaded_results(self) -> LoadedResults:
+        minutes = int(self.analytics_tap.setting("job_results_lookback_minutes"))
+        return LoadedResults(self.stream_state, datetime.timedelta(minutes=minutes))
+
+    def get_records(self, context: Context | None) -> Iterable[Record]:
+        written = 0
+        for record in super().get_records(context):
+            written += 1
+            yield record
+        # The SDK writes each record before it asks for the next, so every result
+        # of this job is written now (pool workers fetch ahead, but only the
+        # main thread gets here). A job that answered 404 is not recorded: a run
+        # that finds it listed again within the lookback asks again.
+        assert context is not None  # a child stream: one context per job
+        self._jobs_fetched += 1
+        if context["parent_id"] in self.gone_parents:
+            return
+        loaded = self.loaded_results
+        loaded.loaded(context["parent_id"])
+        self._records_since_state += written
+        # The SDK writes a STATE after every parent (of this stream and of its
+        # parents) when the state changed, and each carries the whole list,
+        # which grows long in a first run: written after every job, STATE would
+        # grow with the square of the jobs. The list changes only once as many
+        # results were written as it holds uids (STATE output: about 35 bytes a
+        # result at 50 results a job, 150 at one), and a run from a recent
+        # STATE (a short list) still lists each job in the STATE after its
+        # results. Jobs held back are listed later, at the end, or at an
+        # interrupt (publish_state).
+        if self._records_since_state >= loaded.size:
+            loaded.publish()
+            self._records_since_state = 0
+
+    def publish_state(self) -> None:
+        # Only if this run read the state entry: else nothing is held back.
+        if "loaded_results" in self.__dict__:
+            self.loaded_results.publish()
+
+    def sync_completed(self) -> None:
+        if not self.selected:
+            return
+        loaded = self.loaded_results
+        loaded.complete(self.analytics_tap.run_clock.started_at)
+        self.state_manager.is_flushed = False
+        self._write_state_message()
+        watermark = "none" if loaded.watermark is None else loaded.watermark.isoformat()
+        self.log(
+            "Fetched the results of %d jobs not loaded before; STATE now: "
+            "watermark %s, %d job uids (lookback %s minutes)",
+            self._jobs_fetched,
+            watermark,
+            loaded.size,
+            self.analytics_tap.setting("job_results_lookback_minutes"),
+        )
 
     def get_new_paginator(self) -> BaseAPIPaginator[str | None]:
         return PagingCursorPaginator(self.name)

@@ -13,9 +13,12 @@ from singer_sdk.authenticators import APIKeyAuthenticator
 from singer_sdk.singerlib import StateMessage
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
+from tap_analytics.batches import BatchOutput, BatchSettings
 from tap_analytics.concurrency import Prefetcher
-from tap_analytics.errors import ConfigError
+from tap_analytics.errors import ConfigError, StateError
+from tap_analytics.inputs import checked_json_file, read_json_object, state_problem
 from tap_analytics.interrupts import raise_interrupted, resumable_state
+from tap_analytics.loaded_results import RunClock
 from tap_analytics.logs import DEMOTE_SDK_NOISE
 from tap_analytics.output import BufferedMsgSpecWriter
 from tap_analytics.run_stats import RunStats
@@ -24,6 +27,7 @@ from tap_analytics.settings import (
     Family,
     config_problems,
     resolve_family,
+    unknown_settings,
 )
 from tap_analytics.streams import V1_STREAMS, V3_STREAMS
 from tap_analytics.transport import RateLimiter
@@ -31,6 +35,7 @@ from tap_analytics.transport import RateLimiter
 if t.TYPE_CHECKING:
     from types import FrameType
 
+    import click
     from singer_sdk.helpers.types import Auth
     from singer_sdk.streams import Stream
 
@@ -75,6 +80,39 @@ class TapAnalytics(Tap):
                 )
         return "a setting from the environment (TAP_ANALYTICS_*) is invalid"
 
+    @classmethod
+    def cb_config(
+        cls, ctx: click.Context, param: click.Option, value: tuple[str, ...]
+    ) -> t.Any:
+        # The SDK's errors for a missing or invalid file name neither the option
+        # nor, for invalid JSON, the file: check each file first.
+        for path in value:
+            if path != "ENV":
+                read_json_object("--config", path)
+        return super().cb_config(ctx, param, value)
+
+    @classmethod
+    def invoke(
+        cls,
+        *,
+        state: t.IO[str] | None = None,
+        catalog: t.IO[str] | None = None,
+        **options: t.Any,
+    ) -> None:
+        # The SDK parses --state and --catalog in one expression whose JSON errors
+        # name neither file, and loads the state where its path is unknown: check
+        # both files here, then let the SDK read the same text.
+        try:
+            super().invoke(
+                state=checked_json_file("--state", state),
+                catalog=checked_json_file("--catalog", catalog),
+                **options,
+            )
+        except StateError as problem:
+            if state is None:
+                raise
+            raise problem.in_file(state.name) from None
+
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         # The SDK logs a METRIC line per request at INFO: 2,440 of the 2,461 lines
@@ -91,10 +129,24 @@ class TapAnalytics(Tap):
         # Replaces the SDK's validation, whose messages echo setting values.
         schema = dict(self.config_jsonschema)
         self.append_builtin_config(schema)
+        for warning in unknown_settings(self.config, schema):
+            self.logger.warning(warning)
         problems = config_problems(self.config, schema)
+        if not problems:
+            try:
+                BatchSettings.from_config(self.config.get("batch_config"))
+            except ConfigError as exc:
+                problems.append(str(exc))
         if problems and raise_errors:
             raise ConfigError("; ".join(problems))
         return problems
+
+    def load_state(self, state: dict[str, t.Any]) -> None:
+        # The SDK's hook for checking the input state. One that is not this tap's
+        # would be a silent full sync, or fail midway as out-of-order records.
+        if problem := state_problem(state, self.streams):
+            raise problem
+        super().load_state(state)
 
     def setting(self, name: str) -> t.Any:
         """A setting's value, or its documented default (the SDK applies none)."""
@@ -132,12 +184,29 @@ class TapAnalytics(Tap):
         return RunStats()
 
     @cached_property
+    def run_clock(self) -> RunClock:
+        """The server's time at the run's first response (v3 job results' watermark)."""
+        return RunClock()
+
+    @cached_property
     def rate_limiter(self) -> RateLimiter:
         """The run's one rate limiter, shared by every request of every thread."""
         return RateLimiter(
             self.setting("max_requests_per_second"),
             on_request=self.run_stats.count_request,
         )
+
+    @cached_property
+    def batches(self) -> BatchOutput | None:
+        """Where records go with ``batch_config`` set; None: RECORD messages."""
+        settings = BatchSettings.from_config(self.config.get("batch_config"))
+        if settings is None:
+            return None
+        output = BatchOutput(settings, self.write_message)
+        # No STATE may pass a record that is still in an open batch.
+        writer = t.cast("BufferedMsgSpecWriter", self.message_writer)
+        writer.before_state = output.announce_all
+        return output
 
     @cached_property
     def prefetcher(self) -> Prefetcher:
@@ -173,6 +242,10 @@ class TapAnalytics(Tap):
         # Before the input state is loaded there is nothing a rerun could use, and
         # an empty STATE would replace the bookmarks an orchestrator keeps.
         if self._state_loaded:
+            for stream in self.streams.values():
+                t.cast("AnalyticsStream", stream).publish_state()
+            if self.batches is not None:
+                self.batches.ending = True  # no waiting for the target now
             self.write_message(StateMessage(value=resumable_state(self.state)))
 
     # The SDK marks sync_all final but has no hook after the last stream, where
@@ -180,4 +253,13 @@ class TapAnalytics(Tap):
     def sync_all(self) -> None:  # type: ignore[misc]
         run_stats = self.run_stats  # made here at the latest: its clock starts
         super().sync_all()
+        for stream in self.streams.values():
+            t.cast("AnalyticsStream", stream).sync_completed()
+        if self.batches is not None:
+            self.batches.end()  # the last batches, once the target has them all
+        t.cast("BufferedMsgSpecWriter", self.message_writer).flush()
+        if run_stats.added_fields:  # new columns in the warehouse: worth a line
+            self.logger.info(
+                "Fields added to the schema: %s", ", ".join(run_stats.added_fields)
+            )
         self.logger.info(run_stats.summary())

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import functools
 
 
+# A job's lastUpdatedAt is parsed three times: the paginator checks the page's
+# order and keeps each job's instant, then the stream filters on it. Cached, the
+# last two are a dictionary lookup (the cache holds a few pages' worth).
+@functools.lru_cache(maxsize=1024)
 def parse_timestamp(value: str) -> datetime.datetime:
     """Lenient ISO-8601: seconds optional (``2024-03-01T01:30Z``), naive means UTC."""
     parsed = datetime.datetime.fromisoformat(value)

@@ -13,11 +13,50 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tap_analytics.tap import TapAnalytics
+from tap_analytics.timestamps import parse_timestamp
+
+
+def read_batch(message: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The records of a BATCH message's files, read now as a target would; None
+    when a file cannot be opened any more (its tap is gone)."""
+    records: list[dict[str, Any]] = []
+    for url in message["manifest"]:
+        try:
+            with open(url.removeprefix("file://"), "rb") as batch:
+                records.extend(json.loads(line) for line in batch)
+        except FileNotFoundError:
+            return None
+    return records
+
+
+class TargetStdout(io.StringIO):
+    """stdout for an in-process run with ``batch_config``: it opens each BATCH
+    file as soon as its message is written, as a target does (the tap waits for
+    that), and keeps the records it held in ``batches``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._partial = ""
+        self.batches: list[list[dict[str, Any]] | None] = []
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            if '"type":"BATCH"' in line:
+                self.batches.append(read_batch(json.loads(line)))
+        return super().write(text)
 
 
 @dataclass
 class Output:
-    """The Singer messages of one run, grouped by type."""
+    """The Singer messages of one run, grouped by type.
+
+    A BATCH message counts as the records its files held (``batches``, read when
+    the message came): they go to ``records`` and to the message's ``records``.
+    Reading stops at a batch that could not be read, as a target would fail there:
+    what follows it was never loaded.
+    """
 
     messages: list[dict[str, Any]]
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -25,15 +64,26 @@ class Output:
     states: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, text: str) -> Output:
+    def parse(
+        cls, text: str, batches: list[list[dict[str, Any]] | None] | None = None
+    ) -> Output:
         messages = [json.loads(line) for line in text.splitlines() if line.strip()]
         records: dict[str, list[dict[str, Any]]] = defaultdict(list)
         schemas: dict[str, dict[str, Any]] = {}
         states: list[dict[str, Any]] = []
-        for message in messages:
+        unread = iter(batches or [])
+        for index, message in enumerate(messages):
+            if message["type"] in ("RECORD", "BATCH"):
+                assert message["stream"] in schemas, f"{message['type']} before SCHEMA"
             if message["type"] == "RECORD":
-                assert message["stream"] in schemas, "RECORD before its SCHEMA"
                 records[message["stream"]].append(message["record"])
+            elif message["type"] == "BATCH":
+                loaded = next(unread)
+                if loaded is None:  # the target fails here
+                    messages = messages[:index]
+                    break
+                message["records"] = loaded
+                records[message["stream"]].extend(loaded)
             elif message["type"] == "SCHEMA":
                 schemas[message["stream"]] = message
             elif message["type"] == "STATE":
@@ -46,6 +96,29 @@ class Output:
     @property
     def final_state(self) -> dict[str, Any]:
         return self.states[-1]
+
+
+def uncovered_jobs_at_each_state(output: Output, jobs: list[dict[str, Any]]) -> int:
+    """Jobs a STATE's bookmark passes before any BATCH announced them.
+
+    A rerun from a STATE asks for the jobs at or after its bookmark: every job
+    below it must be in a batch announced before that STATE.
+    """
+    announced: set[int] = set()
+    uncovered = 0
+    for message in output.messages:
+        if message["type"] == "BATCH" and message["stream"] == "jobs":
+            announced.update(job["jobId"] for job in message["records"])
+        elif message["type"] == "STATE":
+            jobs_state = message["value"].get("bookmarks", {}).get("jobs", {})
+            if bookmark := jobs_state.get("replication_key_value"):
+                mark = parse_timestamp(bookmark)
+                uncovered += sum(
+                    job["jobId"] not in announced
+                    for job in jobs
+                    if parse_timestamp(job["lastUpdatedAt"]) < mark
+                )
+    return uncovered
 
 
 def v1_config(server: Any, **extra: Any) -> dict[str, Any]:
@@ -67,11 +140,11 @@ def sync(
     catalog: dict[str, Any] | None = None,
 ) -> Output:
     """Sync in this process (fast), capturing stdout as a target would read it."""
-    buffer = io.StringIO()
+    buffer = TargetStdout()
     tap = TapAnalytics(config=config, state=state, catalog=catalog)
     with contextlib.redirect_stdout(buffer):
         tap.sync_all()
-    return Output.parse(buffer.getvalue())
+    return Output.parse(buffer.getvalue(), buffer.batches)
 
 
 @dataclass

@@ -15,7 +15,14 @@ import pytest
 
 from tap_analytics.schema_contract import STATE_KEY
 from tap_analytics.timestamps import parse_timestamp
-from tests.tap_runner import Output, sync, v1_config, v3_config
+from tests.tap_runner import (
+    Output,
+    read_batch,
+    sync,
+    uncovered_jobs_at_each_state,
+    v1_config,
+    v3_config,
+)
 from tests.test_v1_live import paged_in_windows
 
 TAP = os.path.join(os.path.dirname(sys.executable), "tap-analytics")
@@ -48,6 +55,8 @@ class RunningTap:
             (tmp_path / "state.json").write_text(json.dumps(state))
             argv += ["--state", str(tmp_path / "state.json")]
         self.lines: list[str] = []
+        #: The records of each BATCH file, read as its message came (None: gone).
+        self.batches: list[list[dict[str, Any]] | None] = []
         self.process = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
@@ -58,13 +67,29 @@ class RunningTap:
         self._reader.start()
 
     def _read(self) -> None:
+        # As a target does: each BATCH file is read when its message comes.
         assert self.process.stdout is not None
-        self.lines.extend(self.process.stdout)
+        for line in self.process.stdout:
+            if '"type":"BATCH"' in line:
+                self.batches.append(read_batch(json.loads(line)))
+            self.lines.append(line)
+
+    def output(self) -> Output:
+        return Output.parse("".join(self.lines), self.batches)
+
+    def records_so_far(self, stream: str) -> int:
+        needle = f'"stream":"{stream}"'
+        lines = list(self.lines)
+        batched = [line for line in lines if '"type":"BATCH"' in line]
+        return sum(f'"type":"RECORD",{needle}' in line for line in lines) + sum(
+            len(records or [])
+            for line, records in zip(batched, list(self.batches), strict=False)
+            if needle in line
+        )
 
     def wait_for_records(self, stream: str, count: int, timeout: float = 30) -> None:
-        needle = f'"type":"RECORD","stream":"{stream}"'
         deadline = time.monotonic() + timeout
-        while sum(needle in line for line in list(self.lines)) < count:
+        while self.records_so_far(stream) < count:
             assert self.process.poll() is None, "the run ended before the signal"
             assert time.monotonic() < deadline, f"fewer than {count} {stream} records"
             time.sleep(0.01)
@@ -119,22 +144,35 @@ SCENARIOS = {
 }
 
 
+def with_batches(config: dict[str, Any], root: Any) -> dict[str, Any]:
+    """``config`` with BATCH messages of 100 records, files under ``root``."""
+    root.mkdir()
+    batch_config = {"encoding": {"format": "jsonl"}, "batch_size": 100}
+    batch_config["storage"] = {"root": root.as_uri()}
+    return {**config, "batch_config": batch_config}
+
+
 @pytest.mark.parametrize(
-    ("family", "signum", "exit_code"),
+    ("family", "signum", "exit_code", "batch"),
     [
-        ("v1", signal.SIGINT, 130),
-        ("v1", signal.SIGTERM, 143),
-        ("v1-windows", signal.SIGINT, 130),
-        ("v3", signal.SIGINT, 130),
-        ("v3", signal.SIGTERM, 143),
+        ("v1", signal.SIGINT, 130, False),
+        ("v1", signal.SIGTERM, 143, False),
+        ("v1-windows", signal.SIGINT, 130, False),
+        ("v3", signal.SIGINT, 130, False),
+        ("v3", signal.SIGTERM, 143, False),
+        ("v1", signal.SIGINT, 130, True),
+        ("v1-windows", signal.SIGTERM, 143, True),
+        ("v3", signal.SIGINT, 130, True),
     ],
 )
 def test_an_interrupted_sync_exits_non_zero_and_a_rerun_completes_it(
-    sandbox, tmp_path, family, signum, exit_code
+    sandbox, tmp_path, family, signum, exit_code, batch
 ):
     fields, make_config, (stream, count) = SCENARIOS[family]
     server = sandbox(**fields)
     config = make_config(server)
+    if batch:
+        config = with_batches(config, tmp_path / "batches")
     tap = RunningTap(config, tmp_path)
     tap.wait_for_records(stream, count)
     seconds, stderr = tap.interrupt(signum)
@@ -148,16 +186,54 @@ def test_an_interrupted_sync_exits_non_zero_and_a_rerun_completes_it(
     assert "Traceback" not in stderr
 
     assert all(line.endswith("\n") for line in tap.lines)  # whole messages only
-    first = Output.parse("".join(tap.lines))  # and each one valid JSON
+    first = tap.output()  # and each one valid JSON
     assert first.messages[-1]["type"] == "STATE"
     key = KEYS[family][stream]
     assert len(first.keys(stream, key)) < len(
         expected_keys(server, family, stream, key)
     )
 
+    if batch:
+        # Every batch announced was read (the tap waited for that), the STATE
+        # passes no job of a batch not announced before it, and no file is left.
+        assert None not in tap.batches
+        assert not any(m["type"] == "RECORD" for m in first.messages)
+        if family.startswith("v1"):
+            jobs = server.dataset["v1"]["jobs"]
+            assert uncovered_jobs_at_each_state(first, jobs) == 0
+        assert list((tmp_path / "batches").iterdir()) == []
     if family == "v1-windows":
         assert paged_in_windows(server)
     rerun = sync(config, state=first.final_state)
+    for name, key in KEYS[family].items():
+        union = set(first.keys(name, key)) | set(rerun.keys(name, key))
+        assert union == expected_keys(server, family, name, key), name
+
+
+@pytest.mark.parametrize("family", ["v1", "v1-windows"])
+def test_a_killed_batch_run_rerun_from_its_last_state_loses_nothing(
+    sandbox, tmp_path, family
+):
+    # SIGKILL: no handler, no last STATE, no hand-over. The batches the tap had
+    # announced and the target had not opened yet die with it; a target stops at
+    # the first one it cannot open, so the STATE it could reach is the last one
+    # before that, and the rerun starts there.
+    fields, make_config, (stream, count) = SCENARIOS[family]
+    server = sandbox(**fields)
+    config = with_batches(make_config(server), tmp_path / "batches")
+    tap = RunningTap(config, tmp_path)
+    tap.wait_for_records(stream, count)
+    tap.process.kill()
+    tap.process.wait(timeout=10)
+    tap._reader.join(5)
+    first = tap.output()
+
+    jobs = server.dataset["v1"]["jobs"]
+    assert uncovered_jobs_at_each_state(first, jobs) == 0
+    assert len(first.keys("jobs", "jobId")) < len(jobs)  # killed mid-stream
+    assert list((tmp_path / "batches").iterdir()) == []  # nothing left on disk
+    state = first.final_state if first.states else None
+    rerun = sync(config, state=state)
     for name, key in KEYS[family].items():
         union = set(first.keys(name, key)) | set(rerun.keys(name, key))
         assert union == expected_keys(server, family, name, key), name
@@ -177,7 +253,7 @@ def test_the_state_at_an_interrupt_skips_nothing_after_the_bookmark(sandbox, tmp
     tap = RunningTap(config, tmp_path, state={"bookmarks": {"jobs": since}})
     tap.wait_for_records("jobs", 200)
     tap.interrupt(signal.SIGTERM)
-    first = Output.parse("".join(tap.lines))
+    first = tap.output()
 
     jobs_state = first.final_state["bookmarks"]["jobs"]
     # the bookmark and the fields the schema contract typed; no progress markers
@@ -215,3 +291,36 @@ def test_a_closed_stdout_is_one_line_and_a_failure(sandbox, tmp_path):
     assert "Traceback" not in stderr
     assert "Exception ignored" not in stderr
     assert "BrokenPipeError" not in stderr
+
+
+def test_a_failed_batch_run_hands_over_what_it_wrote_and_exits_1(sandbox, tmp_path):
+    # The 31st jobs page answers 403: the run fails after 30 pages of 25 jobs, 7
+    # batches of 100 and 50 jobs in an open one. Those reach the target too, as
+    # RECORD messages would, in a batch after the last STATE (which covers only
+    # the 7 before it).
+    server = sandbox(
+        v1_jobs=3000,
+        v1_connections=30,
+        scripted_faults=[{"path": "/v1/jobs", "status": 403, "after": 30}],
+    )
+    config = with_batches(
+        v1_config(server, page_size=25, max_concurrent_requests=1),
+        tmp_path / "batches",
+    )
+    tap = RunningTap(config, tmp_path)
+    tap.process.wait(timeout=60)
+    tap._reader.join(5)
+    assert tap.process.returncode == 1
+    assert tap.process.stderr is not None
+    last_line = tap.process.stderr.read().strip().splitlines()[-1]
+    assert last_line.startswith("tap-analytics: error: "), last_line
+    assert "403" in last_line
+
+    output = tap.output()
+    assert None not in tap.batches  # every batch announced was read
+    jobs = server.dataset["v1"]["jobs"]
+    assert uncovered_jobs_at_each_state(output, jobs) == 0
+    assert len(set(output.keys("jobs", "jobId"))) == 30 * 25  # each written once
+    assert len(output.keys("jobs", "jobId")) == 30 * 25
+    assert output.messages[-1]["type"] == "BATCH"  # no STATE after the failure
+    assert list((tmp_path / "batches").iterdir()) == []

@@ -46,8 +46,8 @@ RUN_IN_E2E = (
 )
 # Not run here, word for word, with what they need.
 NOT_RUN = {
-    "python3 -m venv .venv\n.venv/bin/pip install -e .\n. .venv/bin/activate\n": (
-        "a network install; this test runs with the package installed (make install)"
+    "make install\n. .venv/bin/activate\n": (
+        "a network install; this test runs in the virtualenv it makes"
     ),
     "make demo   # fresh machine → virtualenvs, sandbox API, both families into "
     "DuckDB, row counts\nmake test   # ruff, mypy, pytest (incl. end-to-end into a "
@@ -60,9 +60,15 @@ NOT_RUN = {
     "tap-analytics --config config.json --catalog catalog.json | target-jsonl\n": (
         "the real API and target-jsonl"
     ),
-    "make install     # .venv with the project and its dev tools\n"
-    "make lint typecheck\n"
-    ".venv/bin/pytest -k v3\n": "the development tools; CI runs make test",
+    (
+        "make install     # .venv: requirements-dev.lock (hash-checked), then the "
+        "tap, editable\n"
+        "make lint        # ruff, ruff format --check, mypy: CI's checks and the "
+        "pre-commit hook\n"
+        ".venv/bin/pytest -k v3\n"
+        "make lock        # after a dependency change in pyproject.toml: rewrite the "
+        "lock\n"
+    ): "the development tools and a network; CI runs make test",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import email.utils
 import json
 import signal
 import subprocess
@@ -484,6 +485,96 @@ def test_loop_cursor_on_job_results(sandbox):
     pages = results_pages(server, successful_uid(server))
     assert pages[1]["paging"]["next"] == pages[0]["paging"]["next"]
     assert pages[1]["paging"]["have_next_page"] is True
+
+
+# --- v3 over time: a server clock, jobs that finish between runs ------------------
+
+
+def epoch(value: str) -> int:
+    return int(instant(value).timestamp())
+
+
+def test_v3_answers_are_dated_by_the_v3_clock_which_follows_the_data(sandbox):
+    server = sandbox(v3_workflows=4, v3_jobs_per_workflow=10)
+    jobs = server.dataset["v3"]["jobs"]
+    finished = [epoch(j["finish_time"]) for j in jobs if j["finish_time"]]
+    started = [epoch(j["start_time"]) for j in jobs if j["start_time"]]
+    # Every finished job is listed by now, the newest just now.
+    assert server.v3_clock == max(finished) >= max(started)
+    response = requests.get(f"{server.base_url}/v3/workflows", headers=API_KEY)
+    assert response.raw.headers.getlist("Date") == [
+        email.utils.formatdate(server.v3_clock, usegmt=True)
+    ]
+    server.advance_v3(90)
+    response = requests.get(f"{server.base_url}/v3/workspace", headers=API_KEY)
+    date = email.utils.parsedate_to_datetime(response.headers["Date"])
+    assert date.timestamp() == server.v3_clock == max(finished) + 90
+    # v1 answers keep the wall clock (tokens and rate limits run on it).
+    token = requests.post(f"{server.base_url}/token", data=CREDENTIALS)
+    wall = email.utils.parsedate_to_datetime(token.headers["Date"]).timestamp()
+    assert abs(wall - time.time()) < 5
+
+
+def test_advance_v3_finishes_running_jobs_and_adds_jobs_listed_late(sandbox):
+    server = sandbox(v3_workflows=4, v3_jobs_per_workflow=10)
+    before = server.dataset["v3"]
+    running = {j["uid"] for j in before["jobs"] if j["status"] == "running"}
+    clock = server.v3_clock
+
+    changed = server.advance_v3(120, finish=2, add=5)
+
+    assert len(changed["finished"]) == 2
+    assert set(changed["finished"]) <= running
+    assert len(changed["added"]) == 5
+    assert server.v3_clock == clock + 120
+    after = server.dataset["v3"]
+    assert len(after["jobs"]) == len(before["jobs"]) + 5
+    by_uid = {job["uid"]: job for job in after["jobs"]}
+    finish_times = []
+    for uid in changed["finished"] + changed["added"]:
+        job = by_uid[uid]
+        assert job["status"] == "finished"
+        assert job["total_row_count"] == job["row_count"] == 30
+        # Listed from now on, up to 5 minutes after it finished.
+        finish_times.append(epoch(job["finish_time"]))
+        assert clock + 120 - 300 <= finish_times[-1] <= clock + 120
+        assert epoch(job["start_time"]) < finish_times[-1]
+        url = f"{server.base_url}/v3/workflows/{job['workflow_uid']}/jobs"
+        assert job in requests.get(url, headers=API_KEY).json()["data"]
+        items = [
+            item for page in results_pages(server, uid) for item in page["results"]
+        ]
+        assert items == after["job_results"][uid]
+        assert len(items) == 30
+    # Some finished before the newest finish_time a run could see until now.
+    assert min(finish_times) < clock
+    assert [by_uid[j["uid"]] for j in before["jobs"] if j["uid"] not in running] == [
+        j for j in before["jobs"] if j["uid"] not in running
+    ]
+    # Deterministic: the same seed makes the same changes.
+    twin = sandbox(v3_workflows=4, v3_jobs_per_workflow=10)
+    assert twin.advance_v3(120, finish=2, add=5) == changed
+    assert twin.dataset == server.dataset
+
+
+def test_advance_v3_over_http_with_extra_fields_and_bare_results(sandbox):
+    server = sandbox(extra_field="surprise", v3_bare_results=True)
+    base = server.base_url
+    response = requests.post(f"{base}/_sandbox/v3-advance?seconds=30&add=2")
+    assert response.status_code == 200
+    (first, second) = response.json()["added"]
+    data = server.dataset["v3"]
+    assert requests.get(f"{base}/_sandbox/dataset").json()["v3"] == data
+    new = [job for job in data["jobs"] if job["uid"] in (first, second)]
+    assert all(isinstance(job["surprise"], str) for job in new)
+    items = data["job_results"][first]
+    assert all("job_result_id" not in item for item in items)
+    assert all(isinstance(item["surprise"], str) for item in items)
+    running = sum(job["status"] == "running" for job in data["jobs"])
+    refused = requests.post(f"{base}/_sandbox/v3-advance?finish={running + 1}")
+    assert refused.status_code == 400
+    assert refused.json() == {"error": f"finish: only {running} v3 jobs are running"}
+    assert requests.get(f"{base}/_sandbox/v3-advance").status_code == 405
 
 
 def served_records(server: SandboxServer) -> dict[str, list[dict[str, Any]]]:

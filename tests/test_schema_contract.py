@@ -59,11 +59,13 @@ def loadable(out: Output) -> dict[str, list[dict[str, Any]]]:
         stream = str(message.get("stream"))
         if message["type"] == "SCHEMA":
             announced[stream] = set(message["schema"]["properties"])
-        elif message["type"] == "RECORD":
-            record = message["record"]
-            unannounced = set(record) - announced[stream]
-            assert not unannounced, f"{stream}: {unannounced} not in its SCHEMA yet"
-            loaded.setdefault(stream, []).append(record)
+        elif message["type"] in ("RECORD", "BATCH"):
+            # a BATCH: the records its files held (tests.tap_runner.Output)
+            batch = message.get("records", [message.get("record")])
+            for record in batch:
+                unannounced = set(record) - announced[stream]
+                assert not unannounced, f"{stream}: {unannounced} not announced yet"
+            loaded.setdefault(stream, []).extend(batch)
     return loaded
 
 
@@ -133,10 +135,18 @@ def schemas_of(out: Output, stream: str) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("workers", [1, 8], ids=["serial", "concurrent"])
-def test_v1_every_field_reaches_the_target(sandbox, workers):
+@pytest.mark.parametrize(
+    ("workers", "batched"),
+    [(1, False), (8, False), (1, True)],
+    ids=["serial", "concurrent", "batch"],
+)
+def test_v1_every_field_reaches_the_target(sandbox, tmp_path, workers, batched):
     server = sandbox(v1_jobs=1200, v1_connections=120, **UNDOCUMENTED)
-    out = sync(v1_config(server, max_concurrent_requests=workers))
+    batches = {"encoding": {"format": "jsonl"}, "storage": {"root": tmp_path.as_uri()}}
+    settings = {"batch_config": batches} if batched else {}
+    out = sync(v1_config(server, max_concurrent_requests=workers, **settings))
+    if batched:
+        assert not any(m["type"] == "RECORD" for m in out.messages)
 
     assert_every_field_loaded(out, server, "v1", V1_KEYS)
     for stream in V1_KEYS:
@@ -196,16 +206,26 @@ def test_the_next_run_announces_every_column_first_with_the_same_types(sandbox):
         assert second.final_state["bookmarks"][stream][STATE_KEY] == typed
 
 
-def test_one_warning_per_stream_and_field_when_a_type_changes(sandbox, tmp_path):
+def test_one_warning_per_stream_and_variant_and_one_line_of_new_fields(
+    sandbox, tmp_path
+):
     server = sandbox(v1_jobs=300, **UNDOCUMENTED)
     run = run_cli(config=v1_config(server), tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
+    messages = [line.split("| ")[-1] for line in run.stderr.splitlines()]
     warnings = [line for line in run.stderr.splitlines() if "WARNING" in line]
     assert [w.split("| ")[-1] for w in sorted(warnings)] == [
         f"Stream '{stream}': field 'score' is integer in the schema: its string "
         "values go to 'score__v_string'"
         for stream in sorted(V1_KEYS)
     ]
+    [added] = [m for m in messages if m.startswith("Fields added to the schema: ")]
+    assert messages[-2] == added  # just before the run's summary
+    assert sorted(added.split(": ", 1)[1].split(", ")) == sorted(
+        f"{stream}.{name} ({types[0]})"
+        for stream in V1_KEYS
+        for name, types in NEW_FIELDS.items()
+    )
 
 
 def test_freeze_ends_the_run_on_a_new_field_keeping_what_came_before(sandbox, tmp_path):

@@ -18,11 +18,20 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
 from .cursor import CursorCodec
-from .data import changed_v1_job, new_v1_job
+from .data import (
+    changed_v1_job,
+    epoch,
+    finished_v3_job,
+    new_v1_job,
+    new_v3_job,
+    result_items,
+    v3_clock_origin,
+)
 
 if TYPE_CHECKING:
     from .config import SandboxConfig
@@ -36,6 +45,8 @@ _FAULT_STATUSES = (429, 500, 502, 503, 504)
 _ORDER_BY = "updatedAt|ASC"
 _SECRET_WORDS = ("secret", "token", "key", "password")
 _FILTER_CACHE_SIZE = 8
+# API.md: a v3 job is listed as finished at most this long after its finish_time.
+_V3_LISTING_LAG_SECONDS = 300
 _END_MARKERS = {"null": b',"next":null', "absent": b"", "empty": b',"next":""'}
 _LOGIN_PAGE = b"""<!DOCTYPE html>
 <html lang="en">
@@ -128,19 +139,28 @@ class Api:
         }
         self._workspace_body = b'{"data":' + _dumps(dataset.workspace) + b"}"
         self._workflows_body = self._v3_list(_serialize(dataset.workflows))
-        jobs_by_workflow: dict[str, list[bytes]] = {
+        jobs_by_workflow: dict[str, list[Record]] = {
             w["uid"]: [] for w in dataset.workflows
         }
-        for job, body in zip(dataset.v3_jobs, _serialize(dataset.v3_jobs), strict=True):
-            jobs_by_workflow[job["workflow_uid"]].append(body)
+        for job in dataset.v3_jobs:
+            jobs_by_workflow[job["workflow_uid"]].append(job)
         self._workflow_jobs = {
-            uid: self._v3_list(jobs) for uid, jobs in jobs_by_workflow.items()
+            uid: self._v3_list(_serialize(jobs))
+            for uid, jobs in jobs_by_workflow.items()
         }
         self._results = {
             uid: _serialize(items) for uid, items in dataset.job_results.items()
         }
+        # Family v3 over time: the server's clock, sent as the Date of every v3
+        # answer, starts at the data's latest event and moves only by advance_v3,
+        # so runs against the same seed see the same times.
+        self._v3_lock = threading.Lock()
+        self._v3_clock = v3_clock_origin(dataset.v3_jobs)
+        self._v3_rng = random.Random(config.seed + 3)
+        self._v3_version = 0  # bumped at every change, like _JobIndex.version
         self._pages: dict[tuple[str, int], bytes] = {}
-        self._dataset_body: tuple[int, bytes] | None = None  # (jobs version, body)
+        # ((v1 jobs version, v3 version), body)
+        self._dataset_body: tuple[tuple[int, int], bytes] | None = None
         # A live API: parents listed, then deleted before their children are read.
         rng = random.Random(config.seed + 2)
         workflow_uids = [w["uid"] for w in dataset.workflows]
@@ -184,6 +204,9 @@ class Api:
             response = _error(500, "sandbox internal error")
         if rate_headers:
             response = replace(response, headers=response.headers + rate_headers)
+        if url.path.startswith("/v3/"):
+            date = (("Date", formatdate(self._v3_clock, usegmt=True)),)
+            response = replace(response, headers=response.headers + date)
         query: dict[str, list[str]] = {}
         for name, value in pairs:
             secret = any(word in name.lower() for word in _SECRET_WORDS)
@@ -439,6 +462,64 @@ class Api:
             array if self.config.v3_data_shape == "bare" else b'{"data":' + array + b"}"
         )
 
+    def _render_workflow_jobs(self, workflow_uid: str) -> None:
+        jobs = [j for j in self.dataset.v3_jobs if j["workflow_uid"] == workflow_uid]
+        self._workflow_jobs[workflow_uid] = self._v3_list(_serialize(jobs))
+
+    @property
+    def v3_clock(self) -> int:
+        """The v3 server's time (epoch seconds): the Date of its answers."""
+        return self._v3_clock
+
+    def advance_v3(self, seconds: int, finish: int, add: int) -> dict[str, list[str]]:
+        """Move the v3 clock on by ``seconds``; jobs finish and appear meanwhile.
+
+        ``finish`` running jobs finish with rows and ``add`` new jobs (in random
+        workflows) ran and finished with rows. Each is listed as finished from
+        now on, with a ``finish_time`` up to 5 minutes (the documented lag) before
+        now: possibly before jobs an earlier run already saw listed.
+        """
+        size = self.config.v3_results_per_job
+        jobs = self.dataset.v3_jobs
+        with self._v3_lock:
+            running = [i for i, job in enumerate(jobs) if job["status"] == "running"]
+            if finish > len(running):
+                raise ValueError(f"finish: only {len(running)} v3 jobs are running")
+            if add and not self.dataset.workflows:
+                raise ValueError("add: the sandbox has no v3 workflows")
+            self._v3_clock += seconds
+            rng = self._v3_rng
+            changed = rng.sample(running, finish)
+            for _ in range(add):
+                workflow = rng.choice(self.dataset.workflows)
+                siblings = [j for j in jobs if j["workflow_uid"] == workflow["uid"]]
+                main = siblings[0] if siblings else None
+                jobs.append(new_v3_job(rng, workflow, len(siblings) + 1, main))
+                changed.append(len(jobs) - 1)
+            for index in changed:
+                finish_epoch = self._v3_clock - rng.randint(0, _V3_LISTING_LAG_SECONDS)
+                if (started := jobs[index]["start_time"]) is not None:
+                    # after its start, which may be less than the lag ago
+                    after_start = max(finish_epoch, epoch(started) + 1)
+                    finish_epoch = min(after_start, self._v3_clock)
+                job, rows = finished_v3_job(jobs[index], finish_epoch, rng, size)
+                items = result_items(rows, self.config.v3_bare_results)
+                if (field := self.config.extra_field) is not None:
+                    job[field] = f"undocumented-v3_jobs-{index}"
+                    for number, item in enumerate(items):
+                        item[field] = f"undocumented-job_results/{job['uid']}-{number}"
+                jobs[index] = job
+                self.dataset.job_results[job["uid"]] = items
+                self._results[job["uid"]] = _serialize(items)
+                scope = f"job_results/{job['uid']}"
+                for key in [key for key in self._pages if key[0] == scope]:
+                    del self._pages[key]
+            for workflow_uid in {jobs[index]["workflow_uid"] for index in changed}:
+                self._render_workflow_jobs(workflow_uid)
+            self._v3_version += 1
+        done = [jobs[index]["uid"] for index in changed]
+        return {"finished": done[:finish], "added": done[finish:]}
+
     def _v3_workflow_jobs(self, workflow_uid: str) -> Response:
         body = self._workflow_jobs.get(workflow_uid)
         if workflow_uid in self.deleted_workflows:
@@ -520,6 +601,16 @@ class Api:
                 ),
             ),
             "/_sandbox/freeze": ("POST", lambda: _dumps({"frozen": self.freeze()})),
+            "/_sandbox/v3-advance": (
+                "POST",
+                lambda: _dumps(
+                    self.advance_v3(
+                        _int_param(params, "seconds", 60, minimum=0),
+                        _int_param(params, "finish", 0, minimum=0),
+                        _int_param(params, "add", 0, minimum=0),
+                    )
+                ),
+            ),
         }
         if path not in actions:
             return _error(404, "not found")
@@ -535,15 +626,17 @@ class Api:
         """The records served now: the current version of every v1 job."""
         return self._dataset_snapshot()[1]
 
-    def _dataset_snapshot(self) -> tuple[int, dict[str, Any]]:
-        with self._jobs.lock:
+    def _dataset_snapshot(self) -> tuple[tuple[int, int], dict[str, Any]]:
+        with self._jobs.lock, self._v3_lock:
             data = self.dataset.as_dict()
             data["v1"]["jobs"] = list(data["v1"]["jobs"])
-            return self._jobs.version, data
+            data["v3"]["jobs"] = list(data["v3"]["jobs"])
+            data["v3"]["job_results"] = dict(data["v3"]["job_results"])
+            return (self._jobs.version, self._v3_version), data
 
     def dataset_body(self) -> bytes:
         cached = self._dataset_body
-        if cached is None or cached[0] != self._jobs.version:
+        if cached is None or cached[0] != (self._jobs.version, self._v3_version):
             version, data = self._dataset_snapshot()
             cached = self._dataset_body = (version, _dumps(data))
         return cached[1]

@@ -11,6 +11,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -78,8 +79,7 @@ def generate(config: SandboxConfig) -> Dataset:
         config.project_uid,
     )
     items = {
-        uid: _result_items(rows, config.v3_bare_results)
-        for uid, rows in results.items()
+        uid: result_items(rows, config.v3_bare_results) for uid, rows in results.items()
     }
     for connection in connections:
         _add_connection_extras(rngs[4], connection)
@@ -490,6 +490,55 @@ def _v3_job(
     }
 
 
+def v3_clock_origin(jobs: list[Record]) -> int:
+    """The v3 server's time when the sandbox starts: its jobs' latest event.
+
+    Derived from the data, so the same seed gives the same clock: every job
+    generated as finished is listed by then (the newest usually just now), and
+    every running job has started.
+    """
+    events = [
+        epoch(job[field])
+        for job in jobs
+        for field in ("start_time", "finish_time")
+        if job[field] is not None
+    ]
+    return max(events, default=_YEAR_2024 + _YEAR_SECONDS)
+
+
+def epoch(timestamp: str) -> int:
+    return int(datetime.fromisoformat(timestamp).timestamp())
+
+
+def finished_v3_job(
+    job: Record, finish_epoch: int, rng: random.Random, results_per_job: int
+) -> tuple[Record, list[Record]]:
+    """``job`` once it finished at ``finish_epoch`` with rows, and its results."""
+    finished = {
+        **job,
+        "status": "finished",
+        "error_message": None,
+        "finish_time": _iso(finish_epoch),
+        "row_count": results_per_job,
+        "total_row_count": results_per_job,
+    }
+    if job["start_time"] is None:  # a new job: it ran just before
+        started = finish_epoch - rng.randrange(10, 3600)
+        finished["start_time"] = _iso(started)
+        finished["scheduled_time"] = _iso(started - rng.randrange(300))
+    return finished, _v3_results(rng, finished["finish_time"], results_per_job)
+
+
+def new_v3_job(
+    rng: random.Random, workflow: Record, number: int, main: Record | None
+) -> Record:
+    """A job of ``workflow`` not started yet; ``finished_v3_job`` finishes it."""
+    job = _v3_job(rng, workflow, number, "queued", "null", 0, _YEAR_2024)
+    if main is not None:
+        job["main_job_name"], job["main_job_uid"] = main["name"], main["uid"]
+    return job
+
+
 def _v3_results(rng: random.Random, extracted_at: str, count: int) -> list[Record]:
     items = []
     for _ in range(count):
@@ -513,5 +562,5 @@ def _v3_results(rng: random.Random, extracted_at: str, count: int) -> list[Recor
     return items
 
 
-def _result_items(items: list[Record], bare: bool) -> list[Record]:
+def result_items(items: list[Record], bare: bool) -> list[Record]:
     return [item["results"] for item in items] if bare else items

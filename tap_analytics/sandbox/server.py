@@ -154,9 +154,10 @@ class _Handler(BaseHTTPRequestHandler):
             f"{self.protocol_version} {response.status} {reason}",
             f"Content-Type: {response.content_type}",
             f"Content-Length: {len(response.body)}",
-            f"Date: {self.date_time_string()}",
             *(f"{name}: {value}" for name, value in response.headers),
         ]
+        if not any(name.lower() == "date" for name, _ in response.headers):
+            lines.append(f"Date: {self.date_time_string()}")  # v3 sends its own
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -291,6 +292,22 @@ class SandboxServer:
     def freeze(self) -> None:
         """End live mode: pages served from now on change nothing."""
         self._api.freeze()
+
+    def advance_v3(
+        self, seconds: int = 60, *, finish: int = 0, add: int = 0
+    ) -> dict[str, list[str]]:
+        """Move the v3 clock on; ``finish`` running jobs finish, ``add`` new ones did.
+
+        Each is listed as finished (with rows and results) from now on, with a
+        ``finish_time`` up to 5 minutes before the new clock. Returns their uids
+        (``{"finished": [...], "added": [...]}``). The change between runs.
+        """
+        return self._api.advance_v3(seconds, finish, add)
+
+    @property
+    def v3_clock(self) -> int:
+        """The v3 server's time (epoch seconds), sent as the Date of v3 answers."""
+        return self._api.v3_clock
 
     @property
     def deleted(self) -> dict[str, set[str]]:

@@ -1,7 +1,8 @@
 """End to end: sandbox API -> tap-analytics (via Meltano) -> target-postgres.
 
-Each family's pipeline runs twice into one fresh database (v1 into schema analytics_v1,
-v3 into analytics_v3; both have a ``jobs`` table). After each run every table must hold
+Each family's pipeline runs twice, with BATCH messages (meltano.yml), into one fresh
+database (v1 into schema analytics_v1, v3 into analytics_v3; both have a ``jobs``
+table). After each run every table must hold
 exactly the sandbox's records: the same number of rows, the same set of primary keys,
 no duplicates. The second run starts from the state the first one saved (v1 ``jobs`` is
 incremental), so it also proves that re-sent records are merged, not appended.
@@ -236,6 +237,7 @@ class Loaded:
     snapshots: list[Snapshot]
     states: list[dict[str, Any]]
     v1_jobs_queries: list[list[dict[str, list[str]]]]  # per run: /v1/jobs query params
+    logs: list[str]  # every meltano run's output
 
 
 def state_of(meltano: Meltano, env: dict[str, str], state_id: str) -> dict[str, Any]:
@@ -259,10 +261,12 @@ def loaded(
     snapshots: list[Snapshot] = []
     states: list[dict[str, Any]] = []
     jobs_queries: list[list[dict[str, list[str]]]] = []
+    logs: list[str] = []
     for _ in range(RUNS):
         e2e_sandbox.clear_requests()
         for family in ("v1", "v3"):
-            meltano.check("run", EXTRACTORS[family], "target-postgres", env=env)
+            run = meltano.check("run", EXTRACTORS[family], "target-postgres", env=env)
+            logs.append(run.stdout + run.stderr)
         jobs_queries.append(
             [r["query"] for r in e2e_sandbox.requests if r["path"] == "/v1/jobs"]
         )
@@ -270,7 +274,12 @@ def loaded(
         states.append(state_of(meltano, env, "ci:tap-analytics-to-target-postgres"))
     dataset = e2e_sandbox.dataset
     return Loaded(
-        expected_keys(dataset), served_records(dataset), snapshots, states, jobs_queries
+        expected_keys(dataset),
+        served_records(dataset),
+        snapshots,
+        states,
+        jobs_queries,
+        logs,
     )
 
 
@@ -360,6 +369,18 @@ def test_the_second_run_adds_no_column(loaded: Loaded) -> None:
     first, second = loaded.snapshots
     for table in TABLES:
         assert second[table].columns == first[table].columns, table
+
+
+def test_runs_load_batch_files_not_record_messages(loaded: Loaded) -> None:
+    """meltano.yml's ci environment sends BATCH messages, and target-postgres reads
+    them: its summary counts batch manifests and not a single RECORD message."""
+    summary = re.compile(
+        r"completed processing \d+ lines of input \(\d+ schemas, (\d+) records, "
+        r"(\d+) batch manifests"
+    )
+    for log in loaded.logs:
+        [(records, manifests)] = summary.findall(log)
+        assert (int(records), int(manifests) > 0) == (0, True), log[-2000:]
 
 
 def test_v1_jobs_rerun_is_incremental(loaded: Loaded) -> None:

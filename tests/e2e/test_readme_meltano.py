@@ -20,7 +20,8 @@ block makes:
    the v1 state, and only that one.
 3. The one-run selection block into a third database loads v1 ``jobs`` alone (all of
    them: the state was cleared); ``tap-analytics-v3`` run with that variable still
-   exported loads all five of its streams.
+   exported loads all five of its streams (with ``--full-refresh``: Meltano kept v3's
+   state, by which every job's results are loaded, in the first database).
 """
 
 from __future__ import annotations
@@ -194,7 +195,9 @@ def walkthrough(
     run_block(SELECT_BLOCK, third)
     # Exported this time, not only for one command: still v1's alone.
     exported = {**third, "TAP_ANALYTICS__SELECT": '["jobs.*"]'}
-    meltano.check("run", "tap-analytics-v3", "target-postgres", env=exported)
+    meltano.check(
+        "run", "--full-refresh", "tap-analytics-v3", "target-postgres", env=exported
+    )
     selected = snapshot(databases[2])
 
     dataset = e2e_sandbox.dataset

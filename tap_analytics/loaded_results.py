@@ -1,0 +1,190 @@
+"""Which v3 job results are loaded already, so a run asks only for the others.
+
+A finished job's results are final (API.md, "Family v3 over time"): once a run
+has written all of them, no later run needs to ask for them again. The
+``job_results`` stream's state entry says which jobs those are, in two keys:
+
+``watermark`` (W)
+    Every successful job whose ``finish_time`` is earlier than W - lookback had
+    all its results written by a run that completed.
+``loaded_jobs``
+    Uids of jobs whose results were all written and that W does not cover: the
+    jobs that finished from W - lookback on, and, after an interrupted run, every
+    job that run completed.
+
+A job is fetched unless its uid is loaded or it finished before W - lookback; a
+job without a ``finish_time`` (or with one that is not a date-time) is always
+fetched, and never recorded.
+
+**Why W - lookback is enough.** A job is listed as finished at most 5 minutes
+after its ``finish_time``. A completed run sets W to the older of the newest
+``finish_time`` it listed and the server's clock (its ``Date`` header) at the
+run's first response, before any job list was read. So a job that finished
+before W - lookback, with a lookback of at least 5 minutes, was already listed
+when the run read its workflow's jobs, however long the run took, and that run
+or an earlier one wrote its results. (W is not simply the newest ``finish_time``
+seen: a run reads workflows one after another for as long as results take, and
+a job missing from an early workflow's list may finish minutes before a job
+listed at the end of the run.) The lookback's margin above 5 minutes covers a
+difference between the clock of the ``Date`` header and the one that stamps
+``finish_time``; it costs STATE size (the uids of the jobs inside it), not
+requests.
+
+**STATE size.** After a completed run, ``loaded_jobs`` holds the successful
+jobs that finished between W - lookback and the end of the run: about
+``rate * (lookback + time from W to the run's end)``, some 40 bytes each,
+whatever the account's history. A run that is interrupted does not move W and
+adds every job it completed (one killed outright, those of its last STATE), so
+after an interrupted first run the list holds every job that run loaded; the
+next completed run prunes it again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import typing as t
+from email.utils import parsedate_to_datetime
+
+from tap_analytics.errors import TapAnalyticsError
+from tap_analytics.timestamps import parse_timestamp
+
+if t.TYPE_CHECKING:
+    import requests
+
+WATERMARK = "watermark"
+LOADED_JOBS = "loaded_jobs"
+
+
+class InvalidStateError(TapAnalyticsError):
+    """The ``job_results`` entry of the input STATE is not one this tap wrote."""
+
+
+class RunClock:
+    """The server's time when the run began: the ``Date`` of its first response.
+
+    The first response of a run is always read before any job list (job lists are
+    children of ``/v3/workflows``), so every list was read at this time or later.
+    A response without a usable ``Date`` leaves the local clock at the run's start.
+    """
+
+    def __init__(self) -> None:
+        self.started_at = datetime.datetime.now(datetime.UTC)
+        self._from_server = False
+
+    def observe(self, response: requests.Response) -> None:
+        if self._from_server:
+            return
+        self._from_server = True  # only the first response counts, Date or not
+        try:
+            date = parsedate_to_datetime(response.headers["Date"])
+        except (KeyError, TypeError, ValueError):
+            return
+        # HTTP dates are in GMT; "-0000" parses as naive
+        self.started_at = date if date.tzinfo else date.replace(tzinfo=datetime.UTC)
+
+
+class LoadedResults:
+    """The loaded jobs of one run, kept in (and read from) a stream state entry.
+
+    ``wants`` is called for every listed successful job (from pool workers too);
+    ``loaded`` and ``complete`` from the main thread, which writes the STATE.
+    """
+
+    def __init__(self, state: dict[str, t.Any], lookback: datetime.timedelta) -> None:
+        self._state = state
+        self._lookback = lookback
+        self._lock = threading.Lock()
+        self._watermark = _read_watermark(state.get(WATERMARK))
+        self._cutoff = None if self._watermark is None else self._watermark - lookback
+        self._loaded: list[str] = _read_loaded(state.get(LOADED_JOBS))
+        self._loaded_set = set(self._loaded)
+        self._pending: list[str] = []  # loaded, not yet in the state entry
+        #: finish_time of the listed jobs that may stay in (or join) loaded_jobs
+        self._finished: dict[str, datetime.datetime] = {}
+        self._newest: datetime.datetime | None = None
+
+    def wants(self, uid: str, finish_time: t.Any) -> bool:
+        """Whether the results of this listed successful job must be fetched."""
+        # Without a usable finish_time: fetched every run, and never recorded.
+        if not isinstance(finish_time, str):
+            return True
+        try:
+            finished = parse_timestamp(finish_time)
+        except ValueError:
+            return True
+        with self._lock:
+            if self._newest is None or finished > self._newest:
+                self._newest = finished
+            if self._cutoff is not None and finished < self._cutoff:
+                return False
+            self._finished[uid] = finished
+            return uid not in self._loaded_set
+
+    def loaded(self, uid: str) -> None:
+        """All results of ``uid`` were written: ``publish`` puts it in the state."""
+        if uid in self._loaded_set or uid not in self._finished:
+            return  # no finish_time: fetched every run, never recorded
+        self._loaded_set.add(uid)
+        self._pending.append(uid)
+
+    def publish(self) -> None:
+        """Put the jobs loaded since the last call into the state entry."""
+        if self._pending:
+            self._loaded.extend(self._pending)
+            self._pending.clear()
+            self._state[LOADED_JOBS] = self._loaded
+
+    @property
+    def size(self) -> int:
+        """Uids in the state entry's ``loaded_jobs``."""
+        return len(self._loaded)
+
+    @property
+    def watermark(self) -> datetime.datetime | None:
+        return self._watermark
+
+    def complete(self, run_started_at: datetime.datetime) -> None:
+        """Every listed job's results are written: move W on, drop covered uids."""
+        if self._newest is not None:
+            reached = min(self._newest, run_started_at)
+            if self._watermark is None or reached > self._watermark:
+                self._watermark = reached
+        if self._watermark is None:
+            self.publish()  # nothing finished was listed: nothing to prune
+            return
+        cutoff = self._watermark - self._lookback
+        # Uids not listed by this run belong to deleted jobs: they go too.
+        self._loaded = sorted(
+            uid
+            for uid in self._loaded_set
+            if (finished := self._finished.get(uid)) is not None and finished >= cutoff
+        )
+        self._loaded_set = set(self._loaded)
+        self._pending.clear()
+        self._state[WATERMARK] = self._watermark.isoformat()
+        self._state[LOADED_JOBS] = self._loaded
+
+
+def _read_watermark(value: t.Any) -> datetime.datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value)
+    except (TypeError, ValueError):
+        raise InvalidStateError(_invalid(WATERMARK, "an ISO-8601 date-time")) from None
+
+
+def _read_loaded(value: t.Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(uid, str) for uid in value):
+        raise InvalidStateError(_invalid(LOADED_JOBS, "a list of job uids"))
+    return list(value)
+
+
+def _invalid(key: str, expected: str) -> str:
+    return (
+        f"the STATE's bookmarks.job_results.{key} is not {expected}: remove that "
+        "entry (or run with --full-refresh in Meltano) to fetch every job's results"
+    )
