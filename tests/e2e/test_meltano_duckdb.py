@@ -1,6 +1,7 @@
 """End to end into DuckDB (``make demo``'s loader): fields beyond the documents.
 
-Both families run twice through ``meltano run … target-duckdb`` into one DuckDB file,
+Both families run twice through ``meltano run … target-duckdb`` (in ``make demo``'s
+Meltano environment, RECORD messages) into one DuckDB file,
 from the sandbox of ``SANDBOX_CONFIG`` (extra_note on every record, ``added`` from each
 stream's middle record on, ``score`` an integer before it and a string from it on,
 ``configurations`` and ``statusReason`` on connections). target-duckdb follows a
@@ -102,7 +103,12 @@ def loaded(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Loaded:
     path = tmp_path_factory.mktemp("duckdb") / "warehouse.duckdb"
-    env = {**meltano_env, "TARGET_DUCKDB_FILEPATH": str(path)}
+    # `make demo`'s environment: RECORD messages (target-duckdb reads no BATCH).
+    env = {
+        **meltano_env,
+        "MELTANO_ENVIRONMENT": "demo",
+        "TARGET_DUCKDB_FILEPATH": str(path),
+    }
     snapshots = []
     for _ in range(RUNS):
         for family in ("v1", "v3"):
