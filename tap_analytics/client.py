@@ -277,7 +277,7 @@ class AnalyticsStream(RESTStream[t.Any]):
 
         Returns True when the stream's schema grew: the caller must then write a
         new SCHEMA (:meth:`announce_schema`) before this record. For a record that
-        fits, it costs the contract's quick check (``schema_contract.fits``).
+        fits, it costs the contract's quick check (``SchemaContract.fits``).
         """
         grown = self.schema_contract.apply(record)
         if grown is None:
@@ -371,10 +371,13 @@ class AnalyticsStream(RESTStream[t.Any]):
     def _write_record_message(self, record: dict[str, t.Any]) -> None:
         # A field beyond the schema would be dropped silently by schema-driven
         # targets: the contract decides, and a grown schema goes out before the
-        # record. Only its quick check runs for every record.
-        grew = not self.schema_contract.fits(record) and self.apply_schema_contract(
-            record
-        )
+        # record. Only its quick check runs for every record, written out here
+        # (SchemaContract.fits; a call per record costs a sixth more).
+        contract = self.schema_contract
+        fits = contract.covers(record)
+        for name, types in contract.typed:
+            fits = fits and type(record.get(name)) in types
+        grew = not fits and self.apply_schema_contract(record)
         batches = self._batches
         if batches is None:
             if grew:

@@ -47,7 +47,7 @@ import typing as t
 from tap_analytics.errors import TapAnalyticsError
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Iterable, Mapping
 
 Schema = dict[str, t.Any]
 Record = dict[str, t.Any]
@@ -95,33 +95,6 @@ def json_type(value: t.Any) -> str:
     return _JSON_TYPES.get(type(value), "string")
 
 
-def fits_check(
-    known: frozenset[str], typed: tuple[tuple[str, frozenset[type]], ...]
-) -> Callable[[Record], bool]:
-    """The check every record goes through: does it fit the schema as it is?
-
-    One set comparison, plus a type check for each field the tap typed; the
-    contract's other work is for the records that fail it. Made anew when the
-    schema grows, so that it reads nothing but its own closure.
-    """
-    covers = known.issuperset
-    if not typed:
-        return covers
-    if len(typed) == 1:  # the usual case, a sixth cheaper without the loop
-        [(name, types)] = typed
-        return lambda record: covers(record) and type(record.get(name)) in types
-
-    def fits(record: Record) -> bool:
-        if not covers(record):
-            return False
-        for name, types in typed:  # noqa: SIM110 (all() and a generator cost more)
-            if type(record.get(name)) not in types:
-                return False
-        return True
-
-    return fits
-
-
 def property_schema(type_name: str) -> Schema:
     """The schema of a field the tap typed: nullable, since other records lack it."""
     return {"type": [type_name, "null"]}
@@ -142,17 +115,16 @@ class SchemaContract:
         self.mode = mode
         self._logger = logger
         self._known = set(fields)
-        self._typed: dict[str, str] = {}  # fields this tap typed -> their JSON type
-        # (field, the types that fit it) for each field this tap typed
-        self._checks: tuple[tuple[str, frozenset[type]], ...] = ()
+        self._json_types: dict[str, str] = {}  # each field this tap typed: its type
+        #: (field, the types that fit it) for each field this tap typed
+        self.typed: tuple[tuple[str, frozenset[type]], ...] = ()
         self._reported: set[str] = set()
-        #: Does a record fit the schema as it is (see :func:`fits_check`)?
-        self.fits = fits_check(frozenset(self._known), self._checks)
+        self._refresh()
 
     @property
     def typed_fields(self) -> dict[str, str]:
         """The fields this tap typed and their JSON types, to keep in the state."""
-        return dict(self._typed)
+        return dict(self._json_types)
 
     def restore(self, typed: Mapping[str, t.Any]) -> dict[str, Schema]:
         """Take back the fields an earlier run typed; returns what the schema gains."""
@@ -167,6 +139,13 @@ class SchemaContract:
             if name not in self._known:  # documented since: documented wins
                 grown[name] = self._add(name, type_name)
         return grown
+
+    def fits(self, record: Record) -> bool:
+        """Does ``record`` fit the schema as it is? The check every record goes
+        through (a record writer runs it inline, see ``covers``)."""
+        if not self.covers(record):
+            return False
+        return all(type(record.get(name)) in types for name, types in self.typed)
 
     def apply(self, record: dict[str, t.Any]) -> dict[str, Schema] | None:
         """Make ``record`` fit the contract, in place.
@@ -190,19 +169,19 @@ class SchemaContract:
                 "Stream '%s': new field '%s' (%s) added to the schema",
                 self.stream,
                 name,
-                self._typed[name],
+                self._json_types[name],
             )
-        for name, types in self._checks:
+        for name, types in self.typed:
             value = record.get(name)
             if type(value) in types:
                 continue
             value_type = json_type(value)
             del record[name]
             variant = self._variant_of(name, value_type, record)
-            if variant not in self._typed:  # a new field: the schema would change
+            if variant not in self._json_types:  # a new field: the schema would change
                 if self.mode is not ContractMode.EVOLVE:
                     self._refuse(
-                        name, f"is {self._typed[name]}, got {value_type}", value
+                        name, f"is {self._json_types[name]}, got {value_type}", value
                     )
                     continue
                 grown[variant] = self._add(variant, value_type)
@@ -210,7 +189,7 @@ class SchemaContract:
             self._report(
                 variant,
                 logging.WARNING,
-                f"field '{name}' is {self._typed[name]} in the schema: its "
+                f"field '{name}' is {self._json_types[name]} in the schema: its "
                 f"{value_type} values go to '{variant}'",
             )
         return grown or None
@@ -235,17 +214,26 @@ class SchemaContract:
         variant = f"{name}__v_{value_type}"
         # Never a documented field, one of another type, or one the API sent.
         while variant in record or (
-            variant in self._known and self._typed.get(variant) != value_type
+            variant in self._known and self._json_types.get(variant) != value_type
         ):
             variant = f"{variant}__v_{value_type}"
         return variant
 
     def _add(self, name: str, type_name: str) -> Schema:
         self._known.add(name)
-        self._typed[name] = type_name
-        self._checks = (*self._checks, (name, _FITS[type_name]))
-        self.fits = fits_check(frozenset(self._known), self._checks)
+        self._json_types[name] = type_name
+        self.typed = (*self.typed, (name, _FITS[type_name]))
+        self._refresh()
         return property_schema(type_name)
+
+    def _refresh(self) -> None:
+        # The check every record goes through is one set comparison plus a type
+        # check per field the tap typed; everything else is for the records that
+        # fail it. A record writer runs it inline (a call per record costs a
+        # sixth more), so its parts are attributes, made anew when the schema
+        # grows: ``covers(record)``, and ``type(record.get(name)) in types`` for
+        # each (name, types) of ``typed``.
+        self.covers = frozenset(self._known).issuperset
 
     def _report(self, field: str, level: int, message: str) -> None:
         """Log ``message`` once per run for ``field`` (dropped, or a variant)."""
