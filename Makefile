@@ -36,11 +36,13 @@ lock:
 		--quiet $(LOCK_FLAGS) --output-file $(LOCK)
 	@! grep -n -e '://' -e '^-' $(LOCK) || { echo "$(LOCK) names an index" >&2; exit 1; }
 
-# Every static check, the one entry point of CI and of the pre-commit hook.
+# Every static check, the one entry point of CI and of the pre-commit hook:
+# style, types, and the layers of pyproject.toml's [tool.importlinter].
 lint: install
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy tap_analytics scripts tests
+	$(BIN)/lint-imports
 
 # The end-to-end tests (tests/e2e) install Meltano and its plugins on first use
 # (scripts/meltano-setup.sh) and start PostgreSQL when it is stopped.

@@ -40,10 +40,51 @@ if t.TYPE_CHECKING:
 
     from backoff.types import Details
     from singer_sdk.helpers.types import Auth, Context
+    from singer_sdk.singerlib.encoding.base import GenericSingerWriter
+    from singer_sdk.streams import Stream
     from singer_sdk.streams.rest import HTTPRequest, PageContext
 
+    from tap_analytics.batches import BatchOutput
+    from tap_analytics.concurrency import Prefetcher
+    from tap_analytics.loaded_results import RunClock
     from tap_analytics.output import BufferedMsgSpecWriter
-    from tap_analytics.tap import TapAnalytics
+    from tap_analytics.run_stats import RunStats
+    from tap_analytics.transport import RateLimiter
+
+
+class RunServices(t.Protocol):
+    """What a stream takes from its tap: one of each per run, shared by every stream.
+
+    :class:`tap_analytics.tap.TapAnalytics` provides them; streams know only this
+    protocol, so nothing here imports the tap above it.
+    """
+
+    message_writer: GenericSingerWriter
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def authenticator(self) -> Auth: ...
+
+    @property
+    def rate_limiter(self) -> RateLimiter: ...
+
+    @property
+    def prefetcher(self) -> Prefetcher: ...
+
+    @property
+    def run_stats(self) -> RunStats: ...
+
+    @property
+    def run_clock(self) -> RunClock: ...
+
+    @property
+    def batches(self) -> BatchOutput | None: ...
+
+    def setting(self, name: str) -> t.Any: ...
+
+    def prefetch_streams_after(self, stream: Stream) -> None: ...
 
 
 class TokenRejectedError(APIResponseError):
@@ -106,8 +147,8 @@ class AnalyticsStream(RESTStream[t.Any]):
             self.STATE_MSG_FREQUENCY = self._batches.settings.batch_size
 
     @property
-    def analytics_tap(self) -> TapAnalytics:
-        return t.cast("TapAnalytics", self._tap)
+    def analytics_tap(self) -> RunServices:
+        return t.cast("RunServices", self._tap)
 
     @property
     def url_base(self) -> str:

@@ -49,9 +49,25 @@ if t.TYPE_CHECKING:
     from singer_sdk.helpers.types import Context
     from singer_sdk.streams import Stream
 
-    from tap_analytics.client import AnalyticsStream
-
 Record = dict[str, t.Any]
+
+
+class PagedStream(t.Protocol):
+    """A stream whose requests the pool makes (``client.AnalyticsStream``).
+
+    A protocol, so the pool does not import the streams above it. The parent side
+    of a fetch (filters, child contexts) is the SDK's :class:`Stream` API.
+    """
+
+    def get_url(self, context: Context | None) -> str:
+        """The request's URL in ``context``: what identifies a fetch."""
+        ...
+
+    def request_records(self, context: Context | None) -> Iterable[Record]:
+        """The request's records, each page ended by :data:`PAGE_END` in a worker."""
+        ...
+
+
 #: Where a fetch sits in the main thread's reading order: the index of each
 #: ancestor record, outermost first (tuples compare in that order).
 Order = tuple[int, ...]
@@ -147,7 +163,7 @@ class Prefetcher:
     # --- main thread ---------------------------------------------------------------
 
     def take(
-        self, stream: AnalyticsStream, context: Context | None
+        self, stream: PagedStream, context: Context | None
     ) -> Iterator[Record] | None:
         """The records fetched ahead for ``stream`` in ``context``, if any."""
         return self.take_key(stream.get_url(context))
@@ -183,7 +199,7 @@ class Prefetcher:
 
     def read_ahead(
         self,
-        parent: AnalyticsStream,
+        parent: Stream,
         context: Context | None,
         records: Iterable[Record],
     ) -> Iterator[Record]:
@@ -280,11 +296,11 @@ class Prefetcher:
         for child_context in parent.generate_child_contexts(kept, context):
             if child_context is None:
                 continue
-            readers: dict[str, list[AnalyticsStream]] = collections.defaultdict(list)
+            readers: dict[str, list[Stream]] = collections.defaultdict(list)
             for child in parent.child_streams:
                 if child.selected or child.has_selected_descendents:
-                    child = t.cast("AnalyticsStream", child)
-                    readers[child.get_url(child_context)].append(child)
+                    url = t.cast("PagedStream", child).get_url(child_context)
+                    readers[url].append(child)
             for url, streams in readers.items():
                 self.submit(url, order, streams, child_context)
 
@@ -292,7 +308,7 @@ class Prefetcher:
         self,
         key: str,
         order: Order,
-        readers: list[AnalyticsStream],
+        readers: list[Stream],
         context: Context | None,
     ) -> None:
         """Fetch the pages of ``readers[0]``'s request in ``context`` in the pool.
@@ -310,8 +326,9 @@ class Prefetcher:
                     if reader.child_streams:
                         self._submit_children(reader, record, context, child_order)
 
+        source = t.cast("PagedStream", readers[0])
         fetch = _Fetch(
-            order, lambda: readers[0].request_records(context), on_page, len(readers)
+            order, lambda: source.request_records(context), on_page, len(readers)
         )
         with self._cond:
             if self.closed or key in self._fetches:

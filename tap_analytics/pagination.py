@@ -1,6 +1,7 @@
 """Paginators: the SDK's base class, taught the shapes this API pages by.
 
-- ``jobs`` (v1): keyset pages in ``lastUpdatedAt`` order (API.md "A live API").
+- ``jobs`` (v1): keyset pages in ``lastUpdatedAt`` order (API.md "A live API" and
+  "The real server").
 - ``connections``, ``workspaces`` (v1) and ``job_results`` (v3): a cursor in the
   body that is either an opaque token (sent back as ``?next=``) or an absolute URL
   (followed as is); see :meth:`AnalyticsStream.get_http_request`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 import typing as t
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 from singer_sdk.pagination import BaseAPIPaginator
 
@@ -27,62 +29,86 @@ if t.TYPE_CHECKING:
 
     import requests
 
+#: The largest ``limit`` the real server takes on its v1 lists (1..100; API.md
+#: "The real server"): anything more is a 400, never a silent cap.
+MAX_LIMIT = 100
+
 _END_OF_LIST = (None, "")
 
 
 @dataclass(frozen=True)
 class Keyset:
-    """Where a ``jobs`` page starts: at ``since`` or later, past ``offset`` of them.
+    """One ``jobs`` request: ``updatedAtStart=since``, ``offset`` and ``limit``.
 
-    ``offset`` counts only the jobs already received at exactly ``since`` (ties):
-    a job that changes moves to the end of the order, which shifts no job we
-    still have to read, as it would with ``offset`` paging through the whole list.
-    Yet a job received at ``since`` may itself change before the next page: the
-    group at ``since`` shrinks and ``offset`` would skip a job. So pages after the
-    first ask one job of overlap (see :meth:`JobsKeysetPaginator.query`), and
-    ``reread`` marks the page that reads ``since`` again from its first job when
-    the overlap showed such a shift.
+    ``overlap``: the page must start with a job already received (see
+    :class:`JobsKeysetPaginator`); ``reread``: the page reads ``since`` again from
+    its first job, after a page that did not.
     """
 
     since: datetime.datetime | None
-    offset: int = 0
+    offset: int
+    limit: int
+    overlap: bool = False
     reread: bool = False
 
     def describe(self) -> str:
         since = "the start" if self.since is None else self.since.isoformat()
-        return f"{since} (+{self.offset} tied jobs)"
+        return f"{since} (offset {self.offset})"
 
     def precedes(self, other: Keyset) -> bool:
         if self.since is None or other.since is None:
-            return self.since is None and other.since is not None
+            if self.since is None and other.since is None:
+                return self.offset < other.offset
+            return self.since is None
         return (self.since, self.offset) < (other.since, other.offset)
+
+
+def visible_time(job: dict[str, t.Any]) -> datetime.datetime | None:
+    """A job's ``lastUpdatedAt``; None until it ends (pending: no key; running,
+    incomplete: null)."""
+    value = job.get("lastUpdatedAt")
+    return None if value is None else parse_timestamp(value)
 
 
 class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
     """``jobs`` in ``lastUpdatedAt`` order, each page continuing after the last job.
 
-    Every page after the first starts one job early (``offset - 1``, ``limit + 1``):
-    the job received last must come back first. If it does not, a job received
-    at that instant changed meanwhile and the group of ties there shifted, so the
-    offset would skip a job never emitted (and the bookmark would pass it): the
-    page is dropped and the instant read again from its first job, without the
-    jobs already received there.
+    The server sorts and filters by its own update time, which it shows floored
+    to seconds as ``lastUpdatedAt``, and not at all on a job that has not ended:
+    such a job sits among the others at an instant nobody can see. Let L(T) be
+    the server's list for ``updatedAtStart=T``. The paginator keeps the *tail*,
+    the jobs received after the last one with a time below T (the only ones that
+    may be in L(T)), and the next request is ``(T, offset)``:
 
-    Stops on a short page or an end-of-list ``next`` (the SDK's paginators stop
-    only on an empty page, one request more per sync). A server may cap ``limit``
-    below what we asked for: a short page that still has a ``next`` sets the
-    cap instead of ending the stream early.
+    - After a page whose last time T' is above T: T becomes T', the tail drops
+      everything up to the last job below T', and the jobs from the first one at
+      T' on are certainly the first ones of L(T'). The jobs without a time just
+      before it may be in L(T') or not: they are not counted, so at worst they
+      are read again, never skipped. Otherwise T stays and the page's jobs are
+      counted after the jobs before it.
+    - Every page after the first starts one job early (``offset`` = counted - 1,
+      ``limit`` = ``page_size`` + 1, at most :data:`MAX_LIMIT`): its first job
+      must be one already received, in the version received. Received jobs are
+      a prefix of L(T) until one changes, and a job that changes (ends, or is
+      updated again) moves to the end of the order: then the job at the offset
+      is one never received, the positions shifted, and the offset would skip a
+      job (the bookmark would pass it). Such a page is dropped and T read again
+      from its first job. Only jobs not received in that version are emitted.
+    - A page shorter than its ``limit`` ends the list (the server's ``next`` is
+      set on every page with jobs, the last one too, and says nothing).
 
     The stream emits a page's jobs before the SDK calls :meth:`advance`, and the
-    bookmark follows the jobs emitted, so the order is checked earlier, in
-    :meth:`checked_jobs`: a job out of order would put the bookmark past jobs not
-    read yet, and no later run would read them.
+    bookmark follows the jobs emitted, so the order of the visible times is
+    checked earlier, in :meth:`checked_jobs`: a job out of order would put the
+    bookmark past jobs not read yet, and no later run would read them.
 
     A time window (:mod:`tap_analytics.windows`) reads from ``since`` up to
-    ``end``, exclusive: the API has no upper bound, so the jobs at or past ``end``
-    are dropped here and the window stops on the page that reached them.
-    ``end`` may move down while the window is read (the window is split), never
-    below a job already received.
+    ``end``, exclusive: the API has no upper bound, so the jobs from the first one
+    with a time at or past ``end`` on are dropped here and the window stops on the
+    page that reached it (jobs without a time before it may be below ``end``: they
+    are emitted; the next window lists those that are not first, and the reader
+    skips them there). ``end`` may move down while the window is read (the window
+    is split), never below a job already received.
     """
 
     def __init__(
@@ -93,62 +119,80 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         end: datetime.datetime | None = None,
         on_page: t.Callable[[list[datetime.datetime]], None] | None = None,
     ) -> None:
-        super().__init__(Keyset(since))
+        super().__init__(Keyset(since, 0, page_size))
         self._stream_name = stream_name
         self._page_size = page_size
-        self._limit_cap: int | None = None  # the server's cap on `limit`, once seen
-        self._sent: tuple[int, int] = (0, page_size)  # offset, limit of the request
+        # jobId -> (time, the job as received), in the order received.
+        self._tail: dict[t.Any, tuple[datetime.datetime | None, dict[str, t.Any]]] = {}
         self._page_end: Keyset | None = None
-        # The jobs received at the instant the next page starts at (all pages of
-        # one group of ties), and the last one: the overlap's check and re-read.
-        self._tied_ids: set[t.Any] = set()
-        self._last_id: t.Any = None
+        self._page_full = False
         self._shifted = False
         self.since = since
         self.end = end
-        #: The list ended within the window (a short or empty page, no ``next``):
-        #: nothing was above the last job at that moment.
+        #: The list ended within the window (a short or empty page): nothing was
+        #: above the last job at that moment.
         self.reached_end_of_list = False
         self._passed_end = False
         self._instants: list[datetime.datetime] = []
         #: How long the last page took to answer, and (read serially) to write:
-        #: the SDK writes a page's records between parsing it and has_more.
+        #: the stream writes a page's records between parsing it and has_more.
         self.request_seconds = 0.0
         self.write_seconds = 0.0
         self._parsed_at = 0.0
-        # Called with each page's instants once the paginator knows whether the
-        # list goes on: before the next page is requested, so it may lower `end`.
+        # Called with the times of each page's jobs once the paginator knows
+        # whether the list goes on: before the next page is requested, so it may
+        # lower `end`.
         self._on_page = on_page
 
-    def _overlaps(self, keyset: Keyset) -> bool:
-        return self.count > 0 and not keyset.reread
-
-    def query(self, keyset: Keyset) -> tuple[int, int]:
-        """``offset`` and ``limit`` of the request for the page at ``keyset``.
-
-        With the overlap, a page still brings ``page_size`` new jobs, and a full
-        sync of n jobs still takes ceil(n / page_size) requests.
-        """
-        if keyset.reread:
-            offset, limit = 0, len(self._tied_ids) + self._page_size
-        elif self._overlaps(keyset):
-            offset, limit = keyset.offset - 1, self._page_size + 1
-        else:
-            offset, limit = keyset.offset, self._page_size
-        if self._limit_cap is not None:
-            limit = min(limit, self._limit_cap)
-        self._sent = (offset, limit)
-        return self._sent
+    def _received(self, job: dict[str, t.Any]) -> bool:
+        """Whether ``job`` was received before, in this version."""
+        entry = self._tail.get(job.get("jobId"))
+        return entry is not None and entry[1] == job
 
     def checked_jobs(self, response: requests.Response) -> list[dict[str, t.Any]]:
         """The page's new jobs in the window, once they continue the order."""
         received = records_in(json_body(response), "data")
         keyset = self.current_value
+        times = [visible_time(job) for job in received]
+        self._check_order(received, times, keyset, response)
+        self.request_seconds = response.elapsed.total_seconds()
+        self._parsed_at = time.monotonic()
+        self._shifted = keyset.overlap and not (
+            received and self._received(received[0])
+        )
+        if self._shifted:  # read `since` again; nothing of this page is emitted
+            self._page_end = Keyset(keyset.since, 0, self._page_size, reread=True)
+            self._instants = []
+            return []
+        new = [
+            (job, at)
+            for job, at in zip(received, times, strict=True)
+            if not self._received(job)
+        ]
+        self._page_full = len(received) >= keyset.limit
+        self._page_end = self._keyset_after(new, times, keyset, len(received))
+        if self.end is not None:
+            end = self.end
+            past = [i for i, (_, at) in enumerate(new) if at is not None and at >= end]
+            if past:
+                self._passed_end = True
+                new = new[: past[0]]
+        self._instants = [at for _, at in new if at is not None]
+        return [job for job, _ in new]
+
+    def _check_order(
+        self,
+        received: list[dict[str, t.Any]],
+        times: list[datetime.datetime | None],
+        keyset: Keyset,
+        response: requests.Response,
+    ) -> None:
         # The first page may start below `since`: the stream filters those jobs.
         last = keyset.since if self.count else None
-        for job in received:
-            instant = parse_timestamp(job["lastUpdatedAt"])
-            if last is not None and instant < last:
+        for job, at in zip(received, times, strict=True):
+            if at is None:  # no visible time: it may sit anywhere
+                continue
+            if last is not None and at < last:
                 msg = (
                     f"stream '{self._stream_name}': the API did not return jobs in "
                     "lastUpdatedAt order (orderBy or updatedAtStart ignored?): "
@@ -157,56 +201,42 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
                     "before emitting that page, the bookmark is the last job in order"
                 )
                 raise APIResponseError(msg)
-            last = instant
-        self.request_seconds = response.elapsed.total_seconds()
-        self._parsed_at = time.monotonic()
-        self._shifted = self._overlaps(keyset) and not (
-            received
-            and received[0].get("jobId") == self._last_id
-            and parse_timestamp(received[0]["lastUpdatedAt"]) == keyset.since
-        )
-        if self._shifted:  # read `since` again; nothing of this page is emitted
-            self._page_end = Keyset(keyset.since, 0, reread=True)
-            self._instants = []
-            return []
-        jobs = received[1:] if self._overlaps(keyset) else received
-        if keyset.reread:
-            jobs = [job for job in jobs if job.get("jobId") not in self._tied_ids]
-        self._page_end = self._keyset_after(received, last)
-        instants = [parse_timestamp(job["lastUpdatedAt"]) for job in jobs]
-        self._instants = instants
-        if not jobs:  # the SDK calls has_more only after a page with records
-            self.reached_end_of_list = True
-            if self._on_page is not None:
-                self._on_page(instants)
-        if self.end is not None and last is not None and last >= self.end:
-            self._passed_end = True
-            end = self.end
-            return [job for job, at in zip(jobs, instants, strict=True) if at < end]
-        return jobs
-
-    def continue_if_empty(self, response: requests.Response) -> bool:
-        # A page dropped for a shift is empty, yet the list goes on.
-        return self._shifted
+            last = at
 
     def _keyset_after(
-        self, received: list[dict[str, t.Any]], last: datetime.datetime | None
+        self,
+        new: list[tuple[dict[str, t.Any], datetime.datetime | None]],
+        times: list[datetime.datetime | None],
+        keyset: Keyset,
+        received: int,
     ) -> Keyset:
-        if last is None:  # an empty page
-            return self.current_value
-        tied = []
-        for job in reversed(received):
-            if parse_timestamp(job["lastUpdatedAt"]) != last:
-                break
-            tied.append(job.get("jobId"))
-        self._last_id = received[-1].get("jobId")
-        ties = len(tied)
-        if ties == len(received) and last == self.current_value.since:
-            ties += self._sent[0]  # one group of ties across pages
-            self._tied_ids.update(tied)
+        """The request after this page; the tail takes the page's new jobs."""
+        tail = self._tail
+        for job, at in new:
+            tail.pop(job.get("jobId"), None)  # an older version moved away
+            tail[job.get("jobId")] = (at, job)
+        since = keyset.since
+        last = next((at for at in reversed(times) if at is not None), None)
+        if last is not None and (since is None or last > since):
+            # Times do not decrease along the tail: the last one below `last` is
+            # just before the first at `last` (jobs without a time aside).
+            entries = list(tail.items())
+            cut = len(entries)
+            while cut and (entries[cut - 1][1][0] or last) >= last:
+                cut -= 1
+            entries = entries[cut:]
+            self._tail = tail = dict(entries)
+            first_at_last = next(
+                i for i, (_, (at, _)) in enumerate(entries) if at == last
+            )
+            since, counted = last, len(entries) - first_at_last
         else:
-            self._tied_ids = set(tied)
-        return Keyset(last, ties)
+            counted = keyset.offset + received
+        for job, at in new:  # kept as received: the stream edits what it emits
+            if tail.get(job.get("jobId"), (None, None))[1] is job:
+                tail[job.get("jobId")] = (at, dict(job))
+        limit = min(self._page_size + 1, MAX_LIMIT)
+        return Keyset(since, max(counted - 1, 0), limit, overlap=counted > 0)
 
     def has_more(self, response: requests.Response) -> bool:
         self.write_seconds = time.monotonic() - self._parsed_at
@@ -214,17 +244,10 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             return True
         if self._passed_end:
             return False
-        body = json_body(response)
-        received = len(records_in(body, "data"))
-        goes_on = body.get("next") not in _END_OF_LIST
-        capped = goes_on and 0 < received < self._sent[1]
-        if capped:
-            self._limit_cap = received  # the server's cap on `limit`
-        more = goes_on and (capped or received >= self._sent[1])
-        self.reached_end_of_list = not more
+        self.reached_end_of_list = not self._page_full
         if self._on_page is not None:
             self._on_page(self._instants)
-        return more
+        return self._page_full
 
     def get_next(self, response: requests.Response) -> Keyset:
         page_end = self._page_end
@@ -276,6 +299,23 @@ class BodyCursorPaginator(BaseAPIPaginator[str | None]):
             raise CursorLoopError(msg)
         self._seen.add(cursor)
         return cursor
+
+
+class V1ListPaginator(BodyCursorPaginator):
+    """v1 ``connections`` and ``workspaces``: ``next`` until a short page.
+
+    The real server sets ``next`` on every page with records, the last one too
+    (API.md "The real server"), so a page shorter than the ``limit`` of the
+    request that fetched it ends the list; read from that request's URL, since a
+    ``next`` URL carries its own. An opaque token does not say its ``limit``:
+    then ``next`` is followed until an end marker or an empty page.
+    """
+
+    def has_more(self, response: requests.Response) -> bool:
+        limits = parse_qs(urlsplit(response.request.url or "").query).get("limit")
+        if limits and limits[0].isdigit():
+            return len(records_in(json_body(response), "data")) >= int(limits[0])
+        return True
 
 
 class PagingCursorPaginator(BodyCursorPaginator):

@@ -1,11 +1,12 @@
 """JSON Schemas, transcribed from the field lists in API.md.
 
-Each schema reads like its API.md bullet: ``key`` and ``always`` fields are never
-null, ``field`` ones are nullable (API.md's ``X or null``, and every non-key v3
-field). Fields the API adds beyond these are kept (``additionalProperties``) and
-reach the warehouse through the schema contract (:mod:`tap_analytics.schema_contract`),
-which adds them to the stream's schema as they appear; listing one here gives it
-its documented type and puts it in ``--discover``'s catalog.
+Each schema reads like its API.md bullet: ``key`` fields are never null, ``field``
+ones are nullable (API.md's ``X or null``, every non-key v3 field, and v1
+``lastUpdatedAt``, which the real server sets only once a job ended). Fields the API
+adds beyond these are kept (``additionalProperties``) and reach the warehouse through
+the schema contract (:mod:`tap_analytics.schema_contract`), which adds them to the
+stream's schema as they appear; listing one here gives it its documented type and
+puts it in ``--discover``'s catalog.
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ ANY_ARRAY = th.ArrayType(th.AnyType)
 def key(name: str, type_: type[th.JSONTypeHelper[t.Any]]) -> th.Property[t.Any]:
     """A primary-key field: required, never null."""
     return th.Property(name, type_, required=True)
-
-
-always = key  # documented without "or null" (e.g. the replication key)
 
 
 def field(name: str, type_: t.Any) -> th.Property[t.Any]:
@@ -48,7 +46,7 @@ def record_schema(*properties: th.Property[t.Any]) -> Schema:
 
 V1_JOBS = record_schema(
     key("jobId", th.IntegerType),  # "number (integer in practice)"
-    always("lastUpdatedAt", DATE_TIME),
+    field("lastUpdatedAt", DATE_TIME),  # null until the job ends
     field("bytesSynced", th.NumberType),
     field("connectionId", th.StringType),
     field("duration", th.StringType),  # ISO-8601 duration, e.g. PT5M12S

@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 from singer_sdk import typing as th
 
 from tap_analytics.errors import ConfigError
+from tap_analytics.pagination import MAX_LIMIT
 from tap_analytics.schema_contract import ContractMode
 from tap_analytics.timestamps import parse_timestamp
 from tap_analytics.urls import is_absolute_url
@@ -66,6 +67,8 @@ def setting_problem(error: t.Any) -> str:
         return f"setting '{name}' must be of type {expected}"
     if error.validator == "minimum":
         return f"setting '{name}' must be at least {error.validator_value}"
+    if error.validator == "maximum":
+        return f"setting '{name}' must be at most {error.validator_value}"
     if error.validator == "enum":
         return f"setting '{name}' must be one of {', '.join(error.validator_value)}"
     if error.validator == "required":
@@ -122,9 +125,13 @@ CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
     ),
     th.Property(
         "page_size",
-        th.IntegerType(minimum=1),
+        th.IntegerType(minimum=1, maximum=MAX_LIMIT),
         default=100,
-        description="v1: `limit` of each `jobs` page.",
+        description=(
+            "v1: jobs per `jobs` page, 1 to 100 (the API's range). Pages after "
+            "the first ask one job more, up to 100, to check the one received "
+            "last: at 100, 99 new jobs a page."
+        ),
     ),
     th.Property(
         "job_results_lookback_minutes",

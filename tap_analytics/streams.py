@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import threading
 import typing as t
 from functools import cached_property
 
@@ -14,10 +13,11 @@ from tap_analytics import concurrency, schemas
 from tap_analytics.client import AnalyticsStream, ChildStream
 from tap_analytics.loaded_results import LoadedResults
 from tap_analytics.pagination import (
-    BodyCursorPaginator,
+    MAX_LIMIT,
     JobsKeysetPaginator,
     Keyset,
     PagingCursorPaginator,
+    V1ListPaginator,
 )
 from tap_analytics.timestamps import normalize_timestamp
 from tap_analytics.windows import KeysetWindows
@@ -25,7 +25,6 @@ from tap_analytics.windows import KeysetWindows
 if t.TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    import requests
     from singer_sdk.helpers.types import Context
     from singer_sdk.pagination import BaseAPIPaginator
 
@@ -40,6 +39,8 @@ class V1JobsStream(AnalyticsStream):
 
     With ``max_concurrent_requests`` above 1 the pages are read in time windows
     fetched concurrently and emitted in order (:mod:`tap_analytics.windows`).
+    A job that has not ended has no ``lastUpdatedAt`` (API.md "The real server"):
+    it is emitted with a null one, and its final version once it ends.
     """
 
     name = "jobs"
@@ -56,14 +57,6 @@ class V1JobsStream(AnalyticsStream):
     schema = schemas.V1_JOBS
     _since: datetime.datetime | None = None
     _windows: KeysetWindows | None = None
-    _serial: JobsKeysetPaginator
-
-    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Windows are paged by several workers at once; each request's paginator
-        # is handed from get_url_params to parse_response (the SDK passes neither
-        # a context), which run one after the other in the same thread.
-        self._paging = threading.local()
 
     def get_records(self, context: Context | None) -> Iterable[Record]:
         # Read the bookmark (or start_date) once per sync, not once per record.
@@ -93,21 +86,28 @@ class V1JobsStream(AnalyticsStream):
         return self._windows.records()
 
     def request_records(self, context: Context | None) -> Iterable[Record]:
-        if context is None:  # serial: one paginator for the whole list
-            self._serial = JobsKeysetPaginator(self.name, self._since, self.page_size)
-        # The SDK's get_new_paginator takes no context: hand it the window's here,
-        # in the thread and the step where the SDK asks for it.
-        self._paging.opening = self._paginator(context)
-        yield from super().request_records(context)
+        """The SDK's page loop (``RESTStream.request_records``), its paginator a local.
 
-    def _paginator(self, context: Context | None) -> JobsKeysetPaginator:
-        if context is None or self._windows is None:
-            return self._serial
-        return self._windows.paginator(context)
-
-    def get_new_paginator(self) -> JobsKeysetPaginator:
-        paginator: JobsKeysetPaginator = self._paging.opening
-        return paginator
+        Overridden because the SDK's hooks cannot reach the paginator that must
+        check and filter a page: ``parse_response`` gets no context, and windows
+        page concurrently, one paginator each (``context`` names the window). Unlike
+        the SDK's loop, a page without new jobs (all received before, or dropped
+        after a shift) does not end the list: the paginator decides.
+        """
+        if context is None or self._windows is None:  # serial: the whole list
+            paginator = JobsKeysetPaginator(self.name, self._since, self.page_size)
+        else:
+            paginator = self._windows.paginator(context)
+        send = self.request_decorator(self._request)
+        with self.get_http_request_counter() as request_counter:
+            request_counter.with_context(context)
+            while not paginator.finished:
+                prepared = self._prepare_request(context=context, page=paginator)
+                response = send(prepared, context)
+                request_counter.increment()
+                self.update_sync_costs(prepared, response, context)
+                yield from concurrency.mark_page_end(paginator.checked_jobs(response))
+                paginator.advance(response)
 
     @property
     def page_size(self) -> int:
@@ -118,41 +118,55 @@ class V1JobsStream(AnalyticsStream):
         context: Context | None,
         next_page_token: Keyset | None,
     ) -> dict[str, t.Any]:
-        paginator = self._paginator(context)
-        self._paging.current = paginator  # for parse_response, next in this thread
-        offset, limit = paginator.query(next_page_token or paginator.current_value)
-        keyset = next_page_token or paginator.current_value
+        assert next_page_token is not None  # the paginator starts at a keyset
         params: dict[str, t.Any] = {
-            "limit": limit,
-            "offset": offset,
+            "limit": next_page_token.limit,
+            "offset": next_page_token.offset,
             "orderBy": "updatedAt|ASC",
         }
-        if keyset.since is not None:
-            params["updatedAtStart"] = keyset.since.isoformat()
+        if next_page_token.since is not None:
+            params["updatedAtStart"] = next_page_token.since.isoformat()
         return params
-
-    def parse_response(self, response: requests.Response) -> Iterable[Record]:
-        paginator: JobsKeysetPaginator = self._paging.current
-        return concurrency.mark_page_end(paginator.checked_jobs(response))
 
     def post_process(
         self, row: Record, context: Context | None = None
     ) -> Record | None:
-        # The server filters on updatedAtStart too; filtering again costs little
-        # and keeps a lax server from re-sending old jobs on every run.
-        updated_at, row["lastUpdatedAt"] = normalize_timestamp(row["lastUpdatedAt"])
-        if self._since is not None and updated_at < self._since:
-            return None
+        raw = row.get("lastUpdatedAt")
+        if raw is None:  # not ended: no key (pending) or null; a null either way
+            row["lastUpdatedAt"] = None
+        else:
+            # The server filters on updatedAtStart too; filtering again costs
+            # little and keeps a lax server from re-sending old jobs on every run.
+            updated_at, row["lastUpdatedAt"] = normalize_timestamp(raw)
+            if self._since is not None and updated_at < self._since:
+                return None
         if started := row.get("startTime"):
             row["startTime"] = normalize_timestamp(started)[1]
         return row
 
+    def _increment_stream_state(
+        self, latest_record: Record, *, context: Context | None = None
+    ) -> None:
+        # A job that has not ended has no time: it cannot move the bookmark (the
+        # SDK would skip it too, with a warning for every such job).
+        if latest_record.get("lastUpdatedAt") is not None:
+            super()._increment_stream_state(latest_record, context=context)
+
 
 class V1CursorStream(AnalyticsStream):
-    """A v1 list paged by the ``next`` cursor (token or absolute URL)."""
+    """A v1 list paged by ``next`` (an absolute URL, or an opaque token).
+
+    The first request asks the real server's largest page (its default is 20);
+    the ``next`` URL keeps that ``limit``.
+    """
+
+    def get_url_params(
+        self, context: Context | None, next_page_token: str | None
+    ) -> dict[str, t.Any]:
+        return {} if next_page_token else {"limit": MAX_LIMIT}
 
     def get_new_paginator(self) -> BaseAPIPaginator[str | None]:
-        return BodyCursorPaginator(self.name)
+        return V1ListPaginator(self.name)
 
 
 class V1ConnectionsStream(V1CursorStream):

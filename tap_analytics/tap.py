@@ -193,6 +193,7 @@ class TapAnalytics(Tap):
         """The run's one rate limiter, shared by every request of every thread."""
         return RateLimiter(
             self.setting("max_requests_per_second"),
+            backoff_factor=float(self.setting("retry_backoff_factor")),
             on_request=self.run_stats.count_request,
         )
 

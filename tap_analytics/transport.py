@@ -2,9 +2,10 @@
 
 One :class:`RateLimiter` per run paces every request of every thread (data and
 token requests): an optional client-side limit, and whatever the server says
-(``RateLimit-*``/``X-RateLimit-*`` headers, 429 with ``Retry-After``) makes every
-thread wait, not only the one that got the answer. :func:`mount_rate_limited` is
-the only way a session sends, so each attempt passes the limiter exactly once.
+(``RateLimit-*``/``X-RateLimit-*`` headers, 429 with ``Retry-After``, or a bare
+429: load shedding) makes every thread wait, not only the one that got the
+answer. :func:`mount_rate_limited` is the only way a session sends, so each attempt
+passes the limiter exactly once.
 
 A leaf: it imports only :mod:`tap_analytics.retry`, so :mod:`tap_analytics.auth`
 and :mod:`tap_analytics.client` both build on it.
@@ -34,15 +35,24 @@ class RateLimiter:
     (``RateLimit-Remaining: 0``), or a 429 names a ``Retry-After``, every thread
     waits until then. The server's count is corrected by the requests sent since the
     one it answered, so threads stop before the limit instead of after it.
+
+    A 429 with neither ``Retry-After`` nor rate headers is the real server shedding
+    load (API.md "The real server"): every thread waits the retry policy's wait,
+    ``backoff_factor * 2**(n-1)`` seconds after the n-th such answer in a row
+    (any thread's; a success starts the count again). The thread that got it
+    also retries as the policy says.
     """
 
     def __init__(
         self,
         per_second: float | None,
+        backoff_factor: float = 0.0,
         on_request: Callable[[], None] | None = None,
     ) -> None:
         self._interval = 1.0 / per_second if per_second else 0.0
+        self._backoff_factor = backoff_factor
         self._on_request = on_request
+        self._sheds = 0  # 429s without a word on when to retry, in a row
         self._lock = threading.Lock()
         self._next_slot = 0.0  # monotonic time of the next request (per_second)
         self._paused_until = 0.0  # after a 429 with Retry-After
@@ -80,13 +90,20 @@ class RateLimiter:
         headers = response.headers
         remaining = _header_number(headers, "RateLimit-Remaining")
         reset = _reset_seconds(headers)
-        retry_after = (
-            retry_after_seconds(response) if response.status_code == 429 else None
-        )
-        if remaining is None and retry_after is None:
-            return
+        limited = response.status_code == 429
+        retry_after = retry_after_seconds(response) if limited else None
+        shed = limited and retry_after is None and not _has_rate_headers(headers)
+        if not (shed or self._sheds) and remaining is None and retry_after is None:
+            return  # nothing to learn: most responses, no lock taken
         now = time.monotonic()
         with self._lock:
+            if shed:
+                self._sheds += 1
+                wait = self._backoff_factor * 2 ** (self._sheds - 1)
+                wait = min(wait, MAX_RETRY_AFTER_SECONDS)
+                self._paused_until = max(self._paused_until, now + wait)
+            elif response.status_code < 400:
+                self._sheds = 0
             if remaining is not None and reset is not None:
                 self._window_end = now + reset
                 # Requests sent after this one were not counted by the server yet.
@@ -125,6 +142,14 @@ def mount_rate_limited(
     adapter = RateLimitedAdapter(limiter, pool_maxsize=pool_maxsize, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+
+
+def _has_rate_headers(headers: t.Mapping[str, str]) -> bool:
+    return any(
+        f"{prefix}RateLimit-{name}" in headers
+        for prefix in ("", "X-")
+        for name in ("Limit", "Remaining", "Reset")
+    )
 
 
 def _header_number(headers: t.Mapping[str, str], name: str) -> float | None:

@@ -24,6 +24,10 @@ after another, so records, and the SDK's sorted-stream bookmark, still go in
 - **A window ends** where the next begins: the API has no upper bound, so the
   paginator drops the jobs at or past ``end`` and stops on the page that reached
   them. That page is the one extra request a window may cost.
+- **Jobs without a time** (not ended) at a window's end may be below it or not:
+  the window emits those it sees before its first job at or past its end, and the
+  next window, which lists those at or past its start first, does not emit them
+  again (the reader drops the same version seen at the previous window's end).
 - **The end of the list** (a short or empty page) seen by any window means that
   nothing was above its last job at that moment, so every later window is empty or
   holds only jobs that changed since (above all others): they are dropped, and
@@ -117,12 +121,24 @@ class KeysetWindows:
         pages: Iterable[Record] | None = self._stream.request_records(
             self._first.context
         )
+        # The jobs without a time a window emitted after its last job with one,
+        # as received: they may be at or past its end, so the next window may
+        # list them first. The same version is not emitted twice.
+        trailing: dict[t.Any, Record] = {}
         try:
             while window is not None:
                 if pages is None:
                     pages = self._prefetcher.take_key(window.key)
                     assert pages is not None, f"window {window.key} was dropped"
-                yield from pages
+                before, trailing = trailing, {}
+                for job in pages:
+                    if job.get("lastUpdatedAt") is None:
+                        if before.get(job.get("jobId")) == job:
+                            continue
+                        trailing[job.get("jobId")] = dict(job)  # the SDK edits it
+                    else:
+                        before, trailing = {}, {}
+                    yield job
                 pages = None
                 with self._lock:
                     ended = window.paginator.reached_end_of_list
@@ -166,10 +182,11 @@ class KeysetWindows:
             self._prefetcher.discard(later)
             return
         window.pages += 1
-        window.first = window.first or instants[0]
+        window.first = window.first or (instants[0] if instants else None)
         if window is self._first and not self._network_bound(window):
             return
-        bounds = self._split_points(window, instants[-1])
+        # A page of jobs that have not ended (no time) says nothing of density.
+        bounds = self._split_points(window, instants[-1]) if instants else []
         if not bounds:
             return
         if self._on_first_split is not None:
@@ -223,9 +240,8 @@ class KeysetWindows:
         up to now (a job changed during the run is later: the last window reads it).
         """
         paginator = window.paginator
-        if window.pages * self._page_size < MIN_SAMPLE_JOBS:
+        if window.first is None or window.pages * self._page_size < MIN_SAMPLE_JOBS:
             return []
-        assert window.first is not None
         span = (last - window.first) / window.pages
         end = paginator.end or self._now
         if span <= datetime.timedelta(0) or end <= last:

@@ -98,11 +98,13 @@ class Output:
         return self.states[-1]
 
 
-def uncovered_jobs_at_each_state(output: Output, jobs: list[dict[str, Any]]) -> int:
+def uncovered_jobs_at_each_state(output: Output, update_times: dict[int, int]) -> int:
     """Jobs a STATE's bookmark passes before any BATCH announced them.
 
     A rerun from a STATE asks for the jobs at or after its bookmark: every job
-    below it must be in a batch announced before that STATE.
+    below it must be in a batch announced before that STATE. ``update_times`` are
+    the server's hidden update times (``server.update_times()``, microseconds), so
+    jobs without a visible ``lastUpdatedAt`` are counted too.
     """
     announced: set[int] = set()
     uncovered = 0
@@ -112,13 +114,45 @@ def uncovered_jobs_at_each_state(output: Output, jobs: list[dict[str, Any]]) -> 
         elif message["type"] == "STATE":
             jobs_state = message["value"].get("bookmarks", {}).get("jobs", {})
             if bookmark := jobs_state.get("replication_key_value"):
-                mark = parse_timestamp(bookmark)
+                mark = int(parse_timestamp(bookmark).timestamp() * 1_000_000)
                 uncovered += sum(
-                    job["jobId"] not in announced
-                    for job in jobs
-                    if parse_timestamp(job["lastUpdatedAt"]) < mark
+                    job_id not in announced
+                    for job_id, updated in update_times.items()
+                    if updated < mark
                 )
     return uncovered
+
+
+def middle_bookmark(server: Any) -> str:
+    """The visible ``lastUpdatedAt`` of the job with a time halfway through the
+    server's order: a bookmark some jobs are before and some after."""
+    timed = [job for job in server.dataset["v1"]["jobs"] if job.get("lastUpdatedAt")]
+    times = server.update_times()
+    timed.sort(key=lambda job: times[job["jobId"]])
+    return str(timed[len(timed) // 2]["lastUpdatedAt"])
+
+
+def jobs_updated_since(server: Any, bookmark: str) -> set[int]:
+    """The jobIds the server lists for ``updatedAtStart=bookmark``: those whose
+    hidden update time is at or after it (jobs without a visible time included)."""
+    since = int(parse_timestamp(bookmark).timestamp() * 1_000_000)
+    return {job for job, updated in server.update_times().items() if updated >= since}
+
+
+def assert_limits_in_range(server: Any) -> None:
+    """Every request to ``/v1/*`` asked a ``limit`` the real server takes (1..100).
+
+    The sandbox answers others with a 400 as the real server does; this makes a
+    test that sent one fail even if it expected the failure for another reason.
+    """
+    bad = [
+        f"{entry['path']}?limit={limit}"
+        for entry in server.requests
+        if entry["path"].startswith("/v1/")
+        for limit in entry["query"].get("limit", [])
+        if not (limit.isdigit() and 1 <= int(limit) <= 100)
+    ]
+    assert not bad, f"requests with a limit outside 1..100: {bad[:5]}"
 
 
 def v1_config(server: Any, **extra: Any) -> dict[str, Any]:

@@ -199,8 +199,7 @@ def test_an_interrupted_sync_exits_non_zero_and_a_rerun_completes_it(
         assert None not in tap.batches
         assert not any(m["type"] == "RECORD" for m in first.messages)
         if family.startswith("v1"):
-            jobs = server.dataset["v1"]["jobs"]
-            assert uncovered_jobs_at_each_state(first, jobs) == 0
+            assert uncovered_jobs_at_each_state(first, server.update_times()) == 0
         assert list((tmp_path / "batches").iterdir()) == []
     if family == "v1-windows":
         assert paged_in_windows(server)
@@ -229,7 +228,7 @@ def test_a_killed_batch_run_rerun_from_its_last_state_loses_nothing(
     first = tap.output()
 
     jobs = server.dataset["v1"]["jobs"]
-    assert uncovered_jobs_at_each_state(first, jobs) == 0
+    assert uncovered_jobs_at_each_state(first, server.update_times()) == 0
     assert len(first.keys("jobs", "jobId")) < len(jobs)  # killed mid-stream
     assert list((tmp_path / "batches").iterdir()) == []  # nothing left on disk
     state = first.final_state if first.states else None
@@ -246,7 +245,10 @@ def test_the_state_at_an_interrupt_skips_nothing_after_the_bookmark(sandbox, tmp
     # a sorted stream's bookmark may only stand at a record already written.
     server = sandbox(v1_jobs=3000, v1_connections=30, latency_ms=10)
     jobs = server.dataset["v1"]["jobs"]
-    middle = sorted(parse_timestamp(j["lastUpdatedAt"]) for j in jobs)[len(jobs) // 2]
+    timed = sorted(
+        parse_timestamp(j["lastUpdatedAt"]) for j in jobs if j.get("lastUpdatedAt")
+    )
+    middle = timed[len(timed) // 2]
     since = {"replication_key": "lastUpdatedAt", "replication_key_value": ""}
     since["replication_key_value"] = middle.isoformat()
     config = v1_config(server, page_size=20)
@@ -258,13 +260,23 @@ def test_the_state_at_an_interrupt_skips_nothing_after_the_bookmark(sandbox, tmp
     jobs_state = first.final_state["bookmarks"]["jobs"]
     # the bookmark and the fields the schema contract typed; no progress markers
     assert set(jobs_state) == {"replication_key", "replication_key_value", STATE_KEY}
-    written = [parse_timestamp(value) for value in first.keys("jobs", "lastUpdatedAt")]
+    written = [
+        parse_timestamp(value)
+        for value in first.keys("jobs", "lastUpdatedAt")
+        if value is not None  # a job that has not ended
+    ]
     assert middle <= parse_timestamp(jobs_state["replication_key_value"])
     assert parse_timestamp(jobs_state["replication_key_value"]) <= max(written)
 
     rerun = sync(config, state=first.final_state)
     union = set(first.keys("jobs", "jobId")) | set(rerun.keys("jobs", "jobId"))
-    due = {j["jobId"] for j in jobs if parse_timestamp(j["lastUpdatedAt"]) >= middle}
+    # What updatedAtStart=<middle> lists: the server's own update time at or after
+    # it, jobs that have not ended included.
+    due = {
+        job
+        for job, at in server.update_times().items()
+        if at >= middle.timestamp() * 1_000_000
+    }
     assert len(due) > len(first.keys("jobs", "jobId"))  # interrupted mid-stream
     assert union == due
 
@@ -318,8 +330,7 @@ def test_a_failed_batch_run_hands_over_what_it_wrote_and_exits_1(sandbox, tmp_pa
 
     output = tap.output()
     assert None not in tap.batches  # every batch announced was read
-    jobs = server.dataset["v1"]["jobs"]
-    assert uncovered_jobs_at_each_state(output, jobs) == 0
+    assert uncovered_jobs_at_each_state(output, server.update_times()) == 0
     assert len(set(output.keys("jobs", "jobId"))) == 30 * 25  # each written once
     assert len(output.keys("jobs", "jobId")) == 30 * 25
     assert output.messages[-1]["type"] == "BATCH"  # no STATE after the failure

@@ -16,8 +16,13 @@ from singer_sdk.exceptions import InvalidStreamSortException
 from tap_analytics.cli import failure_message
 from tap_analytics.settings import unknown_settings
 from tap_analytics.tap import TapAnalytics
-from tap_analytics.timestamps import parse_timestamp
-from tests.tap_runner import Output, run_cli, v1_config
+from tests.tap_runner import (
+    Output,
+    jobs_updated_since,
+    middle_bookmark,
+    run_cli,
+    v1_config,
+)
 
 LOG_LINE = re.compile(
     r"^[\d-]+ [\d:,]+ \| (?P<level>\w+) +\| [\w.-]+ +\| (?P<text>.*)$"
@@ -135,8 +140,7 @@ def test_a_state_that_is_not_this_taps_fails_before_anything_is_emitted(
 
 def test_the_state_under_singer_state_is_the_one_to_give(sandbox, tmp_path):
     server = sandbox()
-    jobs = sorted(server.dataset["v1"]["jobs"], key=lambda job: job["lastUpdatedAt"])
-    bookmark = jobs[len(jobs) // 2]["lastUpdatedAt"]
+    bookmark = middle_bookmark(server)
     state = {
         "bookmarks": {"jobs": {**JOBS_BOOKMARK, "replication_key_value": bookmark}}
     }
@@ -145,12 +149,9 @@ def test_the_state_under_singer_state_is_the_one_to_give(sandbox, tmp_path):
     run = run_cli("--state", str(path), config=v1_config(server), tmp_path=tmp_path)
     assert run.returncode == 0, run.last_stderr_line
     emitted = Output.parse(run.stdout).keys("jobs", "jobId")
-    since = parse_timestamp(bookmark)
-    expected = [
-        j["jobId"] for j in jobs if parse_timestamp(j["lastUpdatedAt"]) >= since
-    ]
+    expected = jobs_updated_since(server, bookmark)
     assert sorted(emitted) == sorted(expected)
-    assert 0 < len(expected) < len(jobs)
+    assert 0 < len(expected) < len(server.dataset["v1"]["jobs"])
 
 
 BAD_JSON = '{"client_secret": "s3cr3t-in-a-broken-file", '

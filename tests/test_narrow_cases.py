@@ -1,7 +1,7 @@
 """Response shapes the sandbox does not produce, checked with `responses` (unit level).
 
 The behaviour these cover is proved over real HTTP elsewhere; here only the odd
-shapes: an empty page that still has a cursor, a token containing ':', a token
+shapes: an empty page that still has a token cursor, a token containing ':', a token
 endpoint that answers without ``access_token``.
 """
 
@@ -30,20 +30,24 @@ def only(stream: str) -> dict:
 
 
 @responses.activate
-def test_an_empty_page_with_a_cursor_is_not_the_end():
+def test_an_empty_page_with_a_token_cursor_is_not_the_end():
+    # A token does not say the `limit` of the page it names, so only an end
+    # marker ends the list there, not an empty (or short) page.
+    full = [{"workspaceId": f"w{n}"} for n in range(100)]
     responses.post(f"{BASE}/token", json={"access_token": "t", "expires_in": 600})
-    responses.get(
-        f"{BASE}/v1/workspaces",
-        json={"data": [], "next": "cur:2"},
-        match=[responses.matchers.query_param_matcher({})],
-    )
-    responses.get(
-        f"{BASE}/v1/workspaces",
-        json={"data": [{"workspaceId": "w1"}], "next": None},
-        match=[responses.matchers.query_param_matcher({"next": "cur:2"})],
-    )
+    pages = [
+        ({"limit": "100"}, {"data": full, "next": "cur:2"}),
+        ({"next": "cur:2"}, {"data": [], "next": "cur:3"}),
+        ({"next": "cur:3"}, {"data": [{"workspaceId": "w100"}], "next": None}),
+    ]
+    for query, body in pages:
+        responses.get(
+            f"{BASE}/v1/workspaces",
+            json=body,
+            match=[responses.matchers.query_param_matcher(query)],
+        )
     out = sync(V1, catalog=only("workspaces"))
-    assert out.keys("workspaces", "workspaceId") == ["w1"]
+    assert out.keys("workspaces", "workspaceId") == [f"w{n}" for n in range(101)]
 
 
 @responses.activate

@@ -6,7 +6,9 @@ import threading
 import time
 
 import pytest
+import requests
 
+from tap_analytics.transport import RateLimiter
 from tests.tap_runner import Output, run_cli, sync, v1_config, v3_config
 
 V1_KEYS = {"jobs": "jobId", "connections": "connectionId", "workspaces": "workspaceId"}
@@ -48,7 +50,7 @@ def test_cli_with_faults_exits_0(sandbox, tmp_path):
 
 
 def test_short_lived_tokens_are_refreshed_before_expiry(sandbox):
-    server = sandbox(token_ttl=2, latency_ms=60, v1_jobs=600, cursor_page_size=10)
+    server = sandbox(token_ttl=2, latency_ms=60, v1_jobs=800)
     started = time.monotonic()
     # Serial, so that the run outlives the tokens (concurrent windows end sooner).
     out = sync(v1_config(server, page_size=10, max_concurrent_requests=1))
@@ -178,6 +180,8 @@ def failure_cases(server):
 def test_failures_end_with_one_clear_line(sandbox, tmp_path, case):
     server = sandbox(
         loop_cursor="connections" if case == "looping cursor" else None,
+        # full pages of connections, so the tap follows the repeated `next`
+        v1_connections=300 if case == "looping cursor" else 120,
         html_paths=["/v1/workspaces"] if case == "html page" else [],
     )
     config, expected_words = failure_cases(server)[case]
@@ -195,11 +199,11 @@ def test_failures_end_with_one_clear_line(sandbox, tmp_path, case):
 
 
 def test_looping_cursor_emits_nothing_from_the_repeated_page(sandbox, tmp_path):
-    server = sandbox(loop_cursor="connections", cursor_page_size=10)
+    server = sandbox(loop_cursor="connections", v1_connections=300)
     run = run_cli(config=v1_config(server), tmp_path=tmp_path)
     assert run.returncode != 0
     emitted = Output.parse(run.stdout).keys("connections", "connectionId")
-    assert len(emitted) == len(set(emitted)) == 20  # pages 1 and 2, not 2 again
+    assert len(emitted) == len(set(emitted)) == 200  # pages 1 and 2, not 2 again
     assert len([r for r in server.requests if r["path"] == "/v1/connections"]) == 2
 
 
@@ -273,3 +277,45 @@ def test_a_badly_typed_setting_from_the_environment_is_one_line(
     assert expected in run.last_stderr_line
     assert "Traceback" not in run.stderr
     assert server.requests == []
+
+
+def test_a_bare_429_pauses_every_thread_for_the_policy_wait():
+    # Load shedding: a 429 without Retry-After or rate headers. Every request
+    # waits factor * 2**(n-1) after the n-th in a row; a success starts over.
+    limiter = RateLimiter(None, backoff_factor=0.2)
+
+    def answer(status: int) -> requests.Response:
+        response = requests.Response()
+        response.status_code = status
+        return response
+
+    def wait_after(*statuses: int) -> float:
+        """How long two threads wait for a request after these answers: the less."""
+        for status in statuses:
+            limiter.after_response(limiter.before_request(), answer(status))
+        waits: list[float] = []
+
+        def request() -> None:
+            started = time.monotonic()
+            limiter.before_request()
+            waits.append(time.monotonic() - started)
+
+        threads = [threading.Thread(target=request) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return min(waits)
+
+    assert 0.18 <= wait_after(429) < 0.3
+    assert 0.38 <= wait_after(429) < 0.5  # the second in a row
+    assert wait_after(200) < 0.05  # a success ends the pause and the streak
+    assert 0.18 <= wait_after(429) < 0.3
+    # A 429 with Retry-After, or with rate headers, is the server's word instead.
+    limited = answer(429)
+    limited.headers["Retry-After"] = "0"
+    limiter.after_response(limiter.before_request(), answer(200))
+    limiter.after_response(limiter.before_request(), limited)
+    started = time.monotonic()
+    limiter.before_request()
+    assert time.monotonic() - started < 0.05

@@ -8,7 +8,7 @@ from singer_sdk.testing import SuiteConfig, get_tap_test_class
 
 from tap_analytics.sandbox import SandboxConfig, SandboxServer
 from tap_analytics.tap import TapAnalytics
-from tests.tap_runner import v1_config, v3_config
+from tests.tap_runner import assert_limits_in_range, v1_config, v3_config
 
 # get_tap_test_class builds the test classes at import, so it needs the sandbox's
 # address then: a fixture would start too late.
@@ -33,3 +33,8 @@ TestTapAnalyticsV3 = get_tap_test_class(
     config=v3_config(_SERVER, **CONTRACT),
     suite_config=SuiteConfig(),
 )
+
+
+def test_the_standard_tests_asked_no_limit_above_100():
+    # Runs after the classes above (file order): the real server's range.
+    assert_limits_in_range(_SERVER)

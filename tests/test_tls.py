@@ -13,7 +13,14 @@ import requests
 
 from tap_analytics import retry
 from tap_analytics.sandbox import SandboxConfig, SandboxServer
-from tests.tap_runner import Output, run_cli, sync, v1_config, v3_config
+from tests.tap_runner import (
+    Output,
+    assert_limits_in_range,
+    run_cli,
+    sync,
+    v1_config,
+    v3_config,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -35,6 +42,8 @@ def tls_sandbox() -> Iterator[Callable[..., SandboxServer]]:
     yield start
     for server in servers:
         server.stop()
+    for server in servers:
+        assert_limits_in_range(server)
 
 
 def assert_exact(out: Output, server: SandboxServer, family: str, keys: dict) -> None:
@@ -47,7 +56,7 @@ def test_v1_syncs_exactly_over_https_with_the_ca_from_the_environment(
     tls_sandbox, tmp_path
 ):
     # absolute next links must be https too, or the tap would refuse them
-    server = tls_sandbox(cursor_shape="url", v1_jobs=120, cursor_page_size=9)
+    server = tls_sandbox(v1_jobs=120, v1_connections=150)
     assert server.base_url.startswith("https://127.0.0.1:")
     run = run_cli(
         config=v1_config(server, page_size=25),

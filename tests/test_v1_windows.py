@@ -9,7 +9,7 @@ import logging
 import math
 
 from tests.tap_runner import Output, run_cli, sync, v1_config
-from tests.test_v1 import instant
+from tests.test_v1 import instant, micros
 from tests.test_v1_live import current_jobs, jobs_requests, paged_in_windows
 
 SPLIT = "Split a window of jobs"
@@ -31,12 +31,18 @@ def test_serial_and_windowed_runs_emit_the_same_records_and_bookmark(sandbox, ca
     splits = [
         r.getMessage() for r in caplog.records if r.getMessage().startswith(SPLIT)
     ]
-    assert len(splits) >= 2, splits  # window 0, and a window that turned out large
+    # Window 0 at least. Whether a later window turns out large enough to split
+    # again depends on where the planned bounds (up to now: the wall clock) fall
+    # around the dense hour, so it is not asserted.
+    assert splits, splits
     print(f"{len(splits)} splits, {len(jobs_requests(server))} jobs requests")
 
     def multiset(records: list[dict]) -> collections.Counter[str]:
         return collections.Counter(json.dumps(r, sort_keys=True) for r in records)
 
+    # Every job once, in its current version, as the serial run emits them: a job
+    # without a time near a window's end is emitted by that window or the next,
+    # not both.
     for stream in ("jobs", "connections", "workspaces"):
         assert multiset(windowed.records[stream]) == multiset(serial.records[stream])
     assert sorted(r["jobId"] for r in windowed.records["jobs"]) == sorted(
@@ -53,8 +59,9 @@ def test_serial_and_windowed_runs_emit_the_same_records_and_bookmark(sandbox, ca
     assert len(marks) >= 30
     assert marks == sorted(marks, key=datetime.datetime.fromisoformat)
 
-    # A window costs at most one page beyond its jobs: close to the pages needed.
-    needed = math.ceil(len(current_jobs(server)) / 100)
+    # A window costs at most one page beyond its jobs: close to the pages needed
+    # (99 new jobs a page, one of overlap).
+    needed = math.ceil(len(current_jobs(server)) / 99)
     assert needed < len(jobs_requests(server)) <= 1.1 * needed
     # connections and workspaces were fetched while jobs was being written
     paths = [r["path"] for r in server.requests]
@@ -85,21 +92,65 @@ def test_a_window_that_fails_ends_the_run_after_the_windows_before_it(
     written = [
         datetime.datetime.fromisoformat(job["lastUpdatedAt"])
         for job in out.records["jobs"]
+        if job["lastUpdatedAt"] is not None
     ]
     assert written == sorted(written)
-    everything = {
+    jobs = server.dataset["v1"]["jobs"]
+    timed = {
         job["jobId"]: instant(job["lastUpdatedAt"])
-        for job in server.dataset["v1"]["jobs"]
+        for job in jobs
+        if job.get("lastUpdatedAt")
     }
-    # Every job below the last one written, none above it (ties: some of them).
+    # Every job the server sorts below the last time written was written (with
+    # a time or not), and no job with a time above it.
     last = written[-1]
-    assert 0 < len(written) < len(everything)
-    below = {job for job, at in everything.items() if at < last}
-    at_last = {job for job, at in everything.items() if at == last}
-    assert below <= set(out.keys("jobs", "jobId")) <= below | at_last
+    ids = set(out.keys("jobs", "jobId"))
+    assert 0 < len(ids) < len(jobs)
+    below = {job for job, at in server.update_times().items() if at < micros(last)}
+    assert below <= ids
+    assert not {job for job, at in timed.items() if at > last} & ids
     bookmark = out.final_state["bookmarks"]["jobs"]["replication_key_value"]
     assert datetime.datetime.fromisoformat(bookmark) <= last
 
     rerun = sync(config, state=out.final_state)
-    emitted = set(out.keys("jobs", "jobId")) | set(rerun.keys("jobs", "jobId"))
-    assert emitted == set(everything)
+    emitted = ids | set(rerun.keys("jobs", "jobId"))
+    assert emitted == {job["jobId"] for job in jobs}
+
+
+def test_load_shedding_makes_every_window_back_off_and_loses_nothing(sandbox):
+    # The real server sheds load with a bare 429 (no Retry-After, no rate
+    # headers): here on a fifth of the requests, at 20 ms each, windows reading
+    # concurrently. Each shed pauses every thread for the retry policy's wait.
+    factor = 0.2
+    server = sandbox(v1_jobs=20_000, latency_ms=20, shed_rate=0.2)
+    out = sync(v1_config(server, retry_backoff_factor=factor))
+    assert paged_in_windows(server)
+    assert sorted(out.keys("jobs", "jobId")) == sorted(current_jobs(server))
+    for stream, key in (("connections", "connectionId"), ("workspaces", "workspaceId")):
+        assert sorted(out.keys(stream, key)) == sorted(
+            r[key] for r in server.dataset["v1"][stream]
+        )
+
+    sent = [r for r in server.requests if r["path"] != "/token"]
+    shed = [r for r in sent if r["status"] == 429]
+    jobs = [r for r in sent if r["path"] == "/v1/jobs"]
+    answered = sum(r["status"] == 200 for r in jobs)
+    needed = math.ceil(20_000 / 99)
+    print(
+        f"load shedding: {len(jobs)} jobs requests sent, {answered} answered, "
+        f"{needed} pages needed; {len(shed)} of {len(sent)} requests shed"
+    )
+    # The 429s stay the server's share of what is sent: no retry storm, and no
+    # more pages than windows cost without shedding.
+    assert len(shed) <= 0.3 * len(sent)
+    assert answered <= 1.1 * needed
+    assert len(jobs) <= 1.1 * needed / (1 - 0.3)
+    # Every thread backed off: after a shed is answered (20 ms after it arrived),
+    # no request arrives for most of the wait, only those already on their way.
+    quiet = 0
+    for answer in shed:
+        answered_at = answer["time"] + 0.02
+        quiet += not [
+            r for r in sent if answered_at + 0.04 <= r["time"] <= answered_at + 0.15
+        ]
+    assert quiet >= 0.9 * len(shed)

@@ -15,16 +15,17 @@ import secrets
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
 from .cursor import CursorCodec
 from .data import (
-    changed_v1_job,
+    ended_v1_job,
     epoch,
     finished_v3_job,
     new_v1_job,
@@ -39,15 +40,30 @@ if TYPE_CHECKING:
 
 Params = dict[str, str]
 Handler = Callable[[Params], "Response"]
+#: A job as served: its id and the lastUpdatedAt it had then (None: no time).
+Served = tuple[int, str | None]
+#: Picks, from a /v1/jobs page just served, the ids of the jobs that end now.
+JobPicker = Callable[[list["Record"]], Iterable[int]]
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _FAULT_STATUSES = (429, 500, 502, 503, 504)
-_ORDER_BY = "updatedAt|ASC"
+# `limit` of the v1 lists: the real server's range and default.
+_MAX_LIMIT = 100
+_DEFAULT_LIMIT = 20
+_ORDER_FIELDS = ("updatedAt", "createdAt")
+_ORDER_DIRECTIONS = ("ASC", "DESC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECRET_WORDS = ("secret", "token", "key", "password")
 _FILTER_CACHE_SIZE = 8
 # API.md: a v3 job is listed as finished at most this long after its finish_time.
 _V3_LISTING_LAG_SECONDS = 300
-_END_MARKERS = {"null": b',"next":null', "absent": b"", "empty": b',"next":""'}
+# The last page's `next` on the older servers (end_marker); "real" never uses it.
+_END_MARKERS = {
+    "real": b',"next":""',
+    "null": b',"next":null',
+    "absent": b"",
+    "empty": b',"next":""',
+}
 _LOGIN_PAGE = b"""<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>Sign in</title></head>
@@ -72,6 +88,7 @@ class RequestRecord(TypedDict):
     auth: str
     project_id: str | None
     fault: bool
+    served: list[Served]  # /v1/jobs: the jobs of the page, in order
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,7 @@ class Response:
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
     fault: bool = False
+    served: Sequence[Served] = ()
 
 
 def _dumps(value: Any) -> bytes:
@@ -107,6 +125,11 @@ def _error(
     fault: bool = False,
 ) -> Response:
     return Response(status, _dumps({"error": message}), headers=headers, fault=fault)
+
+
+def _bad_request() -> Response:
+    """The real server's 400 for a bad v1 list query: an id, no message."""
+    return Response(400, _dumps({"errorId": str(uuid.uuid4())}))
 
 
 class Api:
@@ -221,6 +244,7 @@ class Api:
             "auth": _auth_kind(request.headers),
             "project_id": request.headers.get("x-project-id"),
             "fault": response.fault,
+            "served": list(response.served),
         }
         with self._lock:
             self._log.append(entry)
@@ -257,7 +281,7 @@ class Api:
             case ["v1", "jobs"]:
                 return "v1", self._v1_jobs
             case ["v1", ("connections" | "workspaces") as stream]:
-                return "v1", lambda params: self._v1_cursor_page(stream, params)
+                return "v1", lambda params: self._v1_list_page(stream, params)
             case ["v3", "workspace"]:
                 return "v3", lambda _: Response(200, self._workspace_body)
             case ["v3", "workflows"]:
@@ -316,17 +340,22 @@ class Api:
         )
 
     def _random_fault(self, target: str, path: str) -> Response | None:
-        if self.config.fault_rate <= 0 or path == "/token":
+        """An injected fault, or a shed (429, no Retry-After, no rate headers)."""
+        shed_rate, fault_rate = self.config.shed_rate, self.config.fault_rate
+        if shed_rate + fault_rate <= 0 or path == "/token":
             return None
         with self._lock:
             streak = self._fault_streaks.get(target, 0)
+            roll = self._fault_rng.random()
             if (
                 streak >= self.config.max_consecutive_faults
-                or self._fault_rng.random() >= self.config.fault_rate
+                or roll >= shed_rate + fault_rate
             ):
                 self._fault_streaks.pop(target, None)
                 return None
             self._fault_streaks[target] = streak + 1
+            if roll < shed_rate:
+                return Response(429, _dumps({"errorId": str(uuid.uuid4())}), fault=True)
             status = self._fault_rng.choice(_FAULT_STATUSES)
         headers = (
             (("Retry-After", self.config.fault_retry_after),) if status == 429 else ()
@@ -391,61 +420,72 @@ class Api:
 
     def _v1_jobs(self, params: Params) -> Response:
         try:
-            limit = min(_int_param(params, "limit", 100), self.config.max_limit)
-            offset = _int_param(params, "offset", 0, minimum=0)
+            limit, offset = _paging_params(params)
             start = _timestamp_param(params, "updatedAtStart")
-        except ValueError as exc:
-            return _error(400, str(exc))
-        order_by = params.get("orderBy")
-        if order_by not in (None, _ORDER_BY):
-            return _error(400, f"orderBy must be {_ORDER_BY!r}")
-        page, total = self._jobs.page(
-            start, offset, limit, ordered=order_by is not None
-        )
-        echoed: Params = {
-            name: params[name]
-            for name in ("updatedAtStart", "orderBy")
-            if name in params
-        }
+            order = _order_param(params)
+        except ValueError:
+            return _bad_request()
+        page, served, total = self._jobs.page(start, offset, limit, order)
 
         def link(at: int) -> str:
-            return self._url(
-                "/v1/jobs", {"limit": str(limit), "offset": str(at), **echoed}
-            )
+            # Only limit and offset: following it leaves the updatedAt order.
+            return self._url("/v1/jobs", {"limit": str(limit), "offset": str(at)})
 
-        next_link = link(offset + limit) if offset + limit < total else None
-        previous = link(max(0, offset - limit)) if offset else None
-        return Response(200, self._v1_body(page, next_link, previous))
+        body = self._v1_body(page, offset, limit, offset + limit, total, link)
+        return Response(200, body, served=served)
 
-    def _v1_cursor_page(self, stream: str, params: Params) -> Response:
+    def _v1_list_page(self, stream: str, params: Params) -> Response:
+        """connections/workspaces: pages by ``limit`` and ``offset``, or by the
+        opaque token of the older servers (``cursor_shape="token"``), which
+        keeps the ``limit`` of the first request."""
         items = self._lists[stream]
-        size = self.config.cursor_page_size
-        position = self._position(stream, params.get("next"), len(items), size)
-        if position is None:
-            return _error(400, "invalid cursor")
+        token = self.config.cursor_shape == "token"
+        if token and "next" in params:
+            decoded = self._cursors.decode(stream, params["next"])
+            if decoded is None or len(params) > 1:
+                return _error(400, "invalid cursor")
+            offset, limit = decoded
+        else:
+            try:
+                limit, offset = _paging_params(params, allowed=("limit", "offset"))
+            except ValueError:
+                return _bad_request()
+
+        def link(at: int) -> str:
+            if token:
+                return self._cursors.encode(stream, at, limit)
+            return self._url(f"/v1/{stream}", {"limit": str(limit), "offset": str(at)})
 
         def render() -> bytes:
-            after = self._next_position(stream, position, size)
-            page = items[position : position + size]
-            last = after >= len(items)
-            next_link = None if last else self._cursor_link(stream, after)
-            previous = self._cursor_link(stream, position - size) if position else None
-            return self._v1_body(page, next_link, previous)
+            page = items[offset : offset + limit]
+            after = self._next_position(stream, offset, limit)
+            return self._v1_body(page, offset, limit, after, len(items), link)
 
-        return Response(200, self._cached((stream, position), render))
-
-    def _cursor_link(self, stream: str, position: int) -> str:
-        cursor = self._cursors.encode(stream, position)
-        if self.config.cursor_shape == "token":
-            return cursor
-        return self._url(f"/v1/{stream}", {"next": cursor})
+        return Response(200, self._cached((stream, offset, limit), render))
 
     def _v1_body(
-        self, items: list[bytes], next_link: str | None, previous: str | None
+        self,
+        items: list[bytes],
+        offset: int,
+        limit: int,
+        after: int,
+        total: int,
+        link: Callable[[int], str],
     ) -> bytes:
-        next_part = (
-            self._end_marker if next_link is None else b',"next":' + _dumps(next_link)
-        )
+        """A v1 list page, its ``next`` pointing at ``after``.
+
+        The real server sets ``next`` on every page with items, the short last
+        one included, and ``""`` on an empty one; ``previous`` is ``""`` on the
+        first page. Older servers end the page that reaches the end instead.
+        """
+        before = link(max(0, offset - limit)) if offset else None
+        if self.config.end_marker == "real":
+            next_part = b',"next":' + _dumps(link(after) if items else "")
+            previous: str | None = before or ""
+        else:
+            last = after >= total
+            next_part = self._end_marker if last else b',"next":' + _dumps(link(after))
+            previous = before
         parts = (
             b'{"data":[',
             b",".join(items),
@@ -544,7 +584,7 @@ class Api:
             next_link = (
                 self._url(
                     f"/v3/jobs/{job_uid}/results",
-                    {"cursor": self._cursors.encode(scope, after)},
+                    {"cursor": self._cursors.encode(scope, after, size)},
                 )
                 if has_next
                 else None
@@ -561,8 +601,11 @@ class Api:
         """Page start named by a cursor; None for a cursor this server never issued."""
         if cursor is None:
             return 0
-        position = self._cursors.decode(scope, cursor)
-        if position is None or position % size or position >= total:
+        decoded = self._cursors.decode(scope, cursor)
+        if decoded is None:
+            return None
+        position, limit = decoded
+        if limit != size or position % size or position >= total:
             return None
         return position
 
@@ -572,7 +615,7 @@ class Api:
             return position
         return position + size
 
-    def _cached(self, key: tuple[str, int], render: Callable[[], bytes]) -> bytes:
+    def _cached(self, key: tuple[Any, ...], render: Callable[[], bytes]) -> bytes:
         # No lock: a concurrent duplicate render yields the same bytes.
         body = self._pages.get(key)
         if body is None:
@@ -642,8 +685,17 @@ class Api:
         return cached[1]
 
     def move_jobs(self, count: int) -> list[int]:
-        """Give ``count`` random v1 jobs a new ``lastUpdatedAt`` above all others."""
+        """End ``count`` random v1 jobs (or update them again), above all others."""
         return self._jobs.move(count)
+
+    def end_jobs_after_page(self, pick: JobPicker | None) -> None:
+        """After each /v1/jobs page served (until frozen), end the jobs whose ids
+        ``pick(page)`` returns; None stops picking."""
+        self._jobs.pick = pick
+
+    def update_times(self) -> dict[int, int]:
+        """The hidden update time of every v1 job (microseconds), by jobId."""
+        return self._jobs.update_times()
 
     def freeze(self) -> bool:
         """Stop live mode's changes; the dataset read back is then final."""
@@ -672,125 +724,160 @@ class Api:
 class _JobIndex:
     """The v1 jobs in each order and filter a client can ask for, live or frozen.
 
-    A keyset client asks a new ``updatedAtStart`` on every page, so the ordered view
-    is one sorted list searched with bisect. In live mode a changed job gets a
-    ``lastUpdatedAt`` above all others: it leaves its place and is appended at the
-    end, which keeps the list sorted without sorting it again.
+    Every job has a hidden update time (microseconds) that the server sorts and
+    filters by and shows floored to seconds, or not at all before the job ends.
+    A keyset client asks a new ``updatedAtStart`` on every page, so the ordered
+    view is one sorted list searched with bisect. In live mode a job that ends
+    (or is updated again) gets an update time above all others: it leaves its
+    place and is appended at the end, which keeps the list sorted without
+    sorting it again; new jobs are appended likewise, not ended.
     """
 
     def __init__(self, config: SandboxConfig, dataset: Dataset) -> None:
         self._config = config
         self._dataset = dataset
         self._records = _serialize(dataset.jobs)  # by index into dataset.jobs
-        self._epochs = dataset.job_epochs
-        # Ties by descending jobId: an order no client can mistake for jobId order.
-        # One int per job (epoch, then inverted id) sorts far faster than tuples.
-        keys = [
-            (epoch << 32) - job["jobId"]
-            for epoch, job in zip(self._epochs, dataset.jobs, strict=True)
-        ]
+        self._served = [_served(job) for job in dataset.jobs]  # likewise
+        self._times = dataset.job_update_times
+        # One int per job (time, then creation) sorts far faster than tuples.
+        stride = len(self._times) + 1
+        keys = [time * stride + index for index, time in enumerate(self._times)]
         self._order = sorted(range(len(keys)), key=keys.__getitem__)
-        self._sorted = [self._records[i] for i in self._order]
-        self._sorted_epochs = [self._epochs[i] for i in self._order]
-        self._filtered: dict[float, list[bytes]] = {}
+        self._sorted_times = [self._times[i] for i in self._order]
+        self._filtered: dict[int, list[int]] = {}  # creation order from a time on
         self._rng = random.Random(config.seed + 2)
         self._next_id = 10 * len(dataset.jobs) + 1  # above every generated jobId
         self._connection_ids = [c["connectionId"] for c in dataset.connections]
+        self._index_of: dict[int, int] = {}  # jobId -> index, once a job is picked
+        #: Picks the jobs that end after each page served (tests), until frozen.
+        self.pick: JobPicker | None = None
         self.frozen = False
         #: Bumped at every change, so renderings of the dataset know they are stale.
         self.version = 0
         self.lock = threading.Lock()
 
     def page(
-        self, start: float | None, offset: int, limit: int, *, ordered: bool
-    ) -> tuple[list[bytes], int]:
-        """Jobs ``offset`` to ``offset + limit`` of a view, and the view's length.
+        self, start: int | None, offset: int, limit: int, order: tuple[str, bool]
+    ) -> tuple[list[bytes], list[Served], int]:
+        """Jobs ``offset`` to ``offset + limit`` of a view, what they were when
+        served, and the view's length.
 
         In live mode the jobs change right after the page is cut: between this
         page and the client's next request, as on a busy real API.
         """
         with self.lock:
-            items, first = self._view(start, ordered=ordered)
+            items, first = self._view(start, order[0])
             total = len(items) - first
-            page = items[first + offset : first + min(offset + limit, total)]
+            if order[1]:  # descending: the same view from its end
+                stop = max(len(items) - offset, first)
+                indices = items[max(stop - limit, first) : stop][::-1]
+            else:
+                indices = items[first + offset : first + offset + limit]
+            page = [self._records[i] for i in indices]
+            served = [self._served[i] for i in indices]
             if not self.frozen:
+                jobs = self._dataset.jobs
+                picked = self.pick([jobs[i] for i in indices]) if self.pick else ()
                 self._change(
-                    self._config.live_moves_per_page, self._config.live_adds_per_page
+                    self._config.live_moves_per_page,
+                    self._config.live_adds_per_page,
+                    picked=picked,
                 )
-        return page, total
+        return page, served, total
 
     def move(self, count: int) -> list[int]:
-        """Move ``count`` random jobs above all others, one after another; their ids."""
+        """End ``count`` random jobs one after another, above all others; their ids."""
         with self.lock:
             return self._change(count, 0, spread=True)
 
-    def _view(self, start: float | None, *, ordered: bool) -> tuple[list[bytes], int]:
-        if ordered and not self._config.ignore_order_by:
+    def update_times(self) -> dict[int, int]:
+        """The hidden update time of every job, by jobId (microseconds)."""
+        with self.lock:
+            jobs = self._dataset.jobs
+            return {job["jobId"]: t for job, t in zip(jobs, self._times, strict=True)}
+
+    def _view(self, start: int | None, field: str) -> tuple[Sequence[int], int]:
+        """Job indices in ``field`` order from ``start`` on: a list and where to
+        start in it (no copy of the ordered list for each page)."""
+        if field == "updatedAt" and not self._config.ignore_order_by:
             first = (
-                0 if start is None else bisect.bisect_left(self._sorted_epochs, start)
+                0 if start is None else bisect.bisect_left(self._sorted_times, start)
             )
-            return self._sorted, first
-        if start is None:
-            return self._records, 0
+            return self._order, first
+        if start is None:  # creation order
+            return range(len(self._times)), 0
         view = self._filtered.get(start)
         if view is None:
             if len(self._filtered) >= _FILTER_CACHE_SIZE:
                 del self._filtered[next(iter(self._filtered))]
-            view = [
-                r
-                for r, epoch in zip(self._records, self._epochs, strict=True)
-                if epoch >= start
-            ]
+            view = [i for i, time in enumerate(self._times) if time >= start]
             self._filtered[start] = view
         return view, 0
 
-    def _change(self, moves: int, adds: int, *, spread: bool = False) -> list[int]:
-        """Change jobs to a new ``lastUpdatedAt`` above all others.
+    def _change(
+        self,
+        moves: int,
+        adds: int,
+        *,
+        spread: bool = False,
+        picked: Iterable[int] = (),
+    ) -> list[int]:
+        """End ``picked`` jobs and ``moves`` random ones, and add ``adds`` new ones,
+        each at a hidden update time above all others; their ids.
 
-        All at the next whole minute (as ties, written without seconds, which
-        clients must parse), or ``spread`` one second apart from it, as jobs that
-        ended one after another.
+        The times follow each other by up to a tenth of a second, so changes
+        of one page often share a second (ties), or by up to a second when
+        ``spread``, as jobs that ended one after another.
         """
         jobs = self._dataset.jobs
-        if not (moves or adds) or not jobs:
+        if not jobs:
             return []
-        top = self._sorted_epochs[-1]
-        first = top - top % 60 + 60
-        step = 1 if spread else 0
-        changed = self._rng.sample(range(len(jobs)), min(moves, len(jobs)))
-        for number, index in enumerate(changed):
+        if picked and not self._index_of:
+            self._index_of = {job["jobId"]: i for i, job in enumerate(jobs)}
+        chosen = [self._index_of[job_id] for job_id in picked]
+        chosen += self._rng.sample(range(len(jobs)), min(moves, len(jobs)))
+        chosen = list(dict.fromkeys(chosen))  # a job ends once per change
+        if not (chosen or adds):
+            return []
+        step = 1_000_000 if spread else 100_000
+        top = self._sorted_times[-1]
+        changed = []
+        for index in chosen:
             self._unsort(index)
-            epoch = first + number * step
-            jobs[index] = changed_v1_job(jobs[index], epoch, self._rng)
-            self._epochs[index] = epoch
-        for number in range(len(changed), len(changed) + adds):
-            epoch = first + number * step
+            top += 1 + int(self._rng.random() * step)
+            jobs[index] = ended_v1_job(jobs[index], top, self._rng)
+            self._times[index] = top
+            changed.append(index)
+        for _ in range(adds):
+            top += 1 + int(self._rng.random() * step)
             changed.append(len(jobs))
-            jobs.append(
-                new_v1_job(self._next_id, epoch, self._rng, self._connection_ids)
-            )
-            self._epochs.append(epoch)
+            if self._index_of:
+                self._index_of[self._next_id] = len(jobs)
+            jobs.append(new_v1_job(self._next_id, top, self._rng, self._connection_ids))
+            self._times.append(top)
             self._records.append(b"")
+            self._served.append(_served(jobs[-1]))
             self._next_id += 1
-        # ties by descending jobId, as in the generated order
-        changed.sort(key=lambda i: (self._epochs[i], -jobs[i]["jobId"]))
-        for index in changed:
+        for index in changed:  # in the order of their new times
             self._records[index] = _dumps(jobs[index])
+            self._served[index] = _served(jobs[index])
             self._order.append(index)
-            self._sorted.append(self._records[index])
-            self._sorted_epochs.append(self._epochs[index])
+            self._sorted_times.append(self._times[index])
         self._filtered.clear()
         self.version += 1
         return [jobs[i]["jobId"] for i in changed]
 
     def _unsort(self, index: int) -> None:
         """Take the job at ``dataset.jobs[index]`` out of the ordered view."""
-        epoch = self._epochs[index]
-        low = bisect.bisect_left(self._sorted_epochs, epoch)
-        high = bisect.bisect_right(self._sorted_epochs, epoch)
+        time = self._times[index]
+        low = bisect.bisect_left(self._sorted_times, time)
+        high = bisect.bisect_right(self._sorted_times, time)
         position = self._order.index(index, low, high)
-        del self._order[position], self._sorted[position]
-        del self._sorted_epochs[position]
+        del self._order[position], self._sorted_times[position]
+
+
+def _served(job: Record) -> Served:
+    return job["jobId"], job.get("lastUpdatedAt")
 
 
 def _auth_kind(headers: Mapping[str, str]) -> str:
@@ -835,8 +922,31 @@ def _int_param(params: Params, name: str, default: int, *, minimum: int = 1) -> 
     return int(raw)
 
 
-def _timestamp_param(params: Params, name: str) -> float | None:
-    """Parse leniently: seconds optional, ``Z`` or an offset; naive means UTC."""
+def _paging_params(
+    params: Params, allowed: tuple[str, ...] | None = None
+) -> tuple[int, int]:
+    """``limit`` (1..100, default 20) and ``offset`` (0 or more) of a v1 list;
+    ``allowed`` names every parameter the endpoint takes, when it is so strict."""
+    if allowed is not None and set(params) - set(allowed):
+        raise ValueError("unknown parameter")
+    limit = _int_param(params, "limit", _DEFAULT_LIMIT)
+    if limit > _MAX_LIMIT:
+        raise ValueError(f"limit must be at most {_MAX_LIMIT}")
+    return limit, _int_param(params, "offset", 0, minimum=0)
+
+
+def _order_param(params: Params) -> tuple[str, bool]:
+    """``orderBy=field|DIRECTION``: the field, and whether descending."""
+    raw = params.get("orderBy", "createdAt|ASC")
+    field, bar, direction = raw.partition("|")
+    if not bar or field not in _ORDER_FIELDS or direction not in _ORDER_DIRECTIONS:
+        raise ValueError("orderBy must be field|ASC or field|DESC")
+    return field, direction == "DESC"
+
+
+def _timestamp_param(params: Params, name: str) -> int | None:
+    """Microseconds since the epoch. Parsed leniently: seconds optional, ``Z`` or
+    an offset; naive means UTC."""
     raw = params.get(name)
     if raw is None:
         return None
@@ -847,4 +957,4 @@ def _timestamp_param(params: Params, name: str) -> float | None:
         raise ValueError(message) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return (moment - _EPOCH) // timedelta(microseconds=1)

@@ -25,10 +25,12 @@ _HELP = {
     "v1_jobs": "number of v1 jobs",
     "v1_connections": "number of v1 connections",
     "v1_workspaces": "number of v1 workspaces",
-    "cursor_page_size": "page size of v1 connections and workspaces",
-    "max_limit": "cap on the `limit` parameter of v1 jobs",
-    "cursor_shape": "v1 `next` as an opaque token or as an absolute URL",
-    "end_marker": 'how the last v1 page ends: "next": null, no "next", or "next": ""',
+    "v1_not_ended_share": "share of v1 jobs that have not ended (pending: no "
+    "lastUpdatedAt; running, incomplete: null); 0 gives every job a time",
+    "cursor_shape": "v1 connections/workspaces `next`: an absolute URL keeping "
+    "`limit` and `offset` (the real server), or an opaque token (older servers)",
+    "end_marker": 'v1 `next`: "real" sets it on every non-empty page, "" only on '
+    "an empty one; null, absent or empty end the page that reaches the end instead",
     "extra_field": "name of an undocumented field on every record of every stream "
     "(the real server sends fields beyond the documents)",
     "halfway_field": "name of an undocumented field on every stream's records from "
@@ -47,7 +49,10 @@ _HELP = {
     "RateLimit-Limit/-Remaining/-Reset on every answer, 429 and Retry-After beyond",
     "fault_rate": "probability that a data request gets a 429/500/502/503/504",
     "fault_retry_after": "Retry-After header of injected 429s",
-    "max_consecutive_faults": "injected faults in a row for one URL, then it is served",
+    "shed_rate": "probability that a data request gets a 429 without Retry-After "
+    "or rate headers (the real server's load shedding)",
+    "max_consecutive_faults": "injected faults and sheds in a row for one URL, then "
+    "it is served",
     "scripted_faults": 'JSON list of {"path", "status", "headers", "times", "after"}: '
     "the first `times` requests for `path` (after the first `after`) get `status` "
     "and `headers`",
@@ -55,10 +60,11 @@ _HELP = {
     "loop_cursor": "stream whose second page repeats the first page's cursor",
     "html_paths": "paths answered with 200 and an HTML login page",
     "latency_ms": "delay before each answer, in milliseconds",
-    "live_moves_per_page": "v1 jobs given a new lastUpdatedAt above all others after "
-    "each /v1/jobs page served (until frozen)",
-    "live_adds_per_page": "new v1 jobs added after each /v1/jobs page served "
-    "(until frozen)",
+    "live_moves_per_page": "v1 jobs that end (or are updated again) after each "
+    "/v1/jobs page served, until frozen: an update time above all others, a "
+    "lastUpdatedAt and a final status",
+    "live_adds_per_page": "new v1 jobs (pending or running: no lastUpdatedAt) added "
+    "at the end of the order after each /v1/jobs page served (until frozen)",
     "ignore_order_by": "serve v1 jobs unsorted even when orderBy asks for an order",
     "client_id": "v1 OAuth client id",
     "client_secret": "v1 OAuth client secret",

@@ -7,24 +7,28 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union
 
-CursorShape = Literal["token", "url"]
-EndMarker = Literal["null", "absent", "empty"]
+CursorShape = Literal["url", "token"]
+EndMarker = Literal["real", "null", "absent", "empty"]
 LoopStream = Literal["connections", "workspaces", "job_results"]
 V3DataShape = Literal["list", "bare"]
 
 
 @dataclass
 class SandboxConfig:
-    """Everything that shapes the sandbox; every field has a default and a CLI flag."""
+    """Everything that shapes the sandbox; every field has a default and a CLI flag.
+
+    The defaults play the real server (API.md "The real server"); the older, more
+    lenient behaviours some tests need are options: an opaque ``token`` cursor,
+    an end marker on the last page, every job ended (``v1_not_ended_share=0``).
+    """
 
     seed: int = 42
     v1_jobs: int = 250
     v1_connections: int = 120
     v1_workspaces: int = 7
-    cursor_page_size: int = 50
-    max_limit: int = 1000
-    cursor_shape: CursorShape = "token"
-    end_marker: EndMarker = "null"
+    v1_not_ended_share: float = 0.1
+    cursor_shape: CursorShape = "url"
+    end_marker: EndMarker = "real"
     extra_field: str | None = "extra_note"
     halfway_field: str | None = None
     retyped_field: str | None = None
@@ -38,6 +42,7 @@ class SandboxConfig:
     v3_deleted_jobs: int = 0
     rate_limit_per_second: int = 0
     fault_rate: float = 0.0
+    shed_rate: float = 0.0
     fault_retry_after: str = "0"
     max_consecutive_faults: int = 2
     scripted_faults: list[dict[str, Any]] = field(default_factory=list)
@@ -78,11 +83,13 @@ class SandboxConfig:
         for name in sizes:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("cursor_page_size", "max_limit", "v3_results_page_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if not 0.0 <= self.fault_rate <= 1.0:
-            raise ValueError("fault_rate must be between 0 and 1")
+        if self.v3_results_page_size < 1:
+            raise ValueError("v3_results_page_size must be at least 1")
+        for name in ("fault_rate", "shed_rate", "v1_not_ended_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.fault_rate + self.shed_rate > 1.0:
+            raise ValueError("fault_rate and shed_rate add up to more than 1")
         for fault in self.scripted_faults:
             if not isinstance(fault.get("path"), str) or not isinstance(
                 fault.get("status"), int

@@ -13,30 +13,37 @@ import hashlib
 
 _MAGIC = b"\xfb\xff\xbf"  # encodes to "+/+/"
 _POSITION_BYTES = 4
-_DIGEST_BYTES = 7  # 3 + 4 + 7 = 14 bytes, and 14 % 3 == 2 forces one "=" of padding
-_LENGTH = len(_MAGIC) + _POSITION_BYTES + _DIGEST_BYTES
+_LIMIT_BYTES = 2
+_DIGEST_BYTES = 5  # 3 + 4 + 2 + 5 = 14 bytes, and 14 % 3 == 2 forces one "=" of padding
+_BODY_BYTES = _POSITION_BYTES + _LIMIT_BYTES
+_LENGTH = len(_MAGIC) + _BODY_BYTES + _DIGEST_BYTES
 
 
 class CursorCodec:
     def __init__(self, seed: int) -> None:
         self._salt = f"tap-analytics-sandbox/{seed}/".encode()
 
-    def encode(self, scope: str, position: int) -> str:
-        body = position.to_bytes(_POSITION_BYTES, "big")
+    def encode(self, scope: str, position: int, limit: int) -> str:
+        """A cursor for the page of ``limit`` items from ``position`` in ``scope``."""
+        body = position.to_bytes(_POSITION_BYTES, "big") + limit.to_bytes(
+            _LIMIT_BYTES, "big"
+        )
         digest = hashlib.sha256(self._salt + scope.encode() + body).digest()[
             :_DIGEST_BYTES
         ]
         return base64.b64encode(_MAGIC + body + digest).decode("ascii")
 
-    def decode(self, scope: str, cursor: str) -> int | None:
-        """Return the position of a cursor issued for ``scope``, else None."""
+    def decode(self, scope: str, cursor: str) -> tuple[int, int] | None:
+        """Position and limit of a cursor issued for ``scope``, else None."""
         try:
             raw = base64.b64decode(cursor, validate=True)
         except (binascii.Error, ValueError):
             return None
         if len(raw) != _LENGTH or not raw.startswith(_MAGIC):
             return None
-        position = int.from_bytes(
-            raw[len(_MAGIC) : len(_MAGIC) + _POSITION_BYTES], "big"
-        )
-        return position if self.encode(scope, position) == cursor else None
+        body = raw[len(_MAGIC) : len(_MAGIC) + _BODY_BYTES]
+        position = int.from_bytes(body[:_POSITION_BYTES], "big")
+        limit = int.from_bytes(body[_POSITION_BYTES:], "big")
+        if self.encode(scope, position, limit) != cursor:
+            return None
+        return position, limit

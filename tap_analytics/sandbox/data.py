@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .config import SandboxConfig
 
 Record = dict[str, Any]
@@ -38,7 +40,9 @@ class Dataset:
     workspaces: list[Record]
     connections: list[Record]
     jobs: list[Record]
-    job_epochs: list[int]  # lastUpdatedAt of ``jobs[i]`` as epoch seconds
+    # The server's own update time of ``jobs[i]`` (microseconds since the epoch):
+    # it sorts and filters by it, and shows it floored to seconds.
+    job_update_times: list[int]
     workspace: Record
     workflows: list[Record]
     v3_jobs: list[Record]
@@ -68,8 +72,11 @@ def generate(config: SandboxConfig) -> Dataset:
     connections = _v1_connections(
         rngs[1], config.v1_connections, [w["workspaceId"] for w in workspaces]
     )
-    jobs, epochs = _v1_jobs(
-        rngs[2], config.v1_jobs, [c["connectionId"] for c in connections]
+    jobs, times = _v1_jobs(
+        rngs[2],
+        config.v1_jobs,
+        [c["connectionId"] for c in connections],
+        config.v1_not_ended_share,
     )
     workspace, workflows, v3_jobs, results = _v3(
         rngs[3],
@@ -84,11 +91,11 @@ def generate(config: SandboxConfig) -> Dataset:
     for connection in connections:
         _add_connection_extras(rngs[4], connection)
     # Each stream's records with the key of the order they are served in: v1 jobs
-    # by lastUpdatedAt (ties in the server's order), the others as listed.
+    # by the server's own update time, the others as listed.
     served: dict[str, tuple[list[Record], list[int]]] = {
         "workspaces": (workspaces, list(range(len(workspaces)))),
         "connections": (connections, list(range(len(connections)))),
-        "jobs": (jobs, epochs),
+        "jobs": (jobs, times),
         "workspace": ([workspace], [0]),
         "workflows": (workflows, list(range(len(workflows)))),
         "v3_jobs": (v3_jobs, list(range(len(v3_jobs)))),
@@ -98,7 +105,7 @@ def generate(config: SandboxConfig) -> Dataset:
     for stream, (records, order) in served.items():
         _add_undocumented_fields(config, stream, records, order)
     return Dataset(
-        workspaces, connections, jobs, epochs, workspace, workflows, v3_jobs, items
+        workspaces, connections, jobs, times, workspace, workflows, v3_jobs, items
     )
 
 
@@ -140,8 +147,7 @@ def _add_undocumented_fields(
 ) -> None:
     """The undocumented fields asked for; ``order[i]`` orders ``records[i]`` as served.
 
-    ``extra_field`` is on every record; ``halfway_field`` from the middle record on
-    (with every record served at the same place: v1 jobs at the same instant);
+    ``extra_field`` is on every record; ``halfway_field`` from the middle record on;
     ``retyped_field`` an integer before it and a string from it on.
     """
     middle = sorted(order)[len(order) // 2] if order else 0
@@ -267,85 +273,136 @@ def _v1_connections(
     return connections
 
 
+#: Jobs that ended: only these have a ``lastUpdatedAt`` (API.md "The real server").
+ENDED = ("succeeded", "failed", "cancelled")
+_ENDED_DRAW = ("succeeded",) * 3 + ("failed", "cancelled")
+_NOT_ENDED = ("pending", "running", "incomplete")
+_JOB_TYPES = ("sync", "sync", "sync", "reset", "refresh")
+_MICROS = 1_000_000
+
+
+def visible_time(updated_us: int) -> str:
+    """``lastUpdatedAt`` as the real server writes a hidden update time: floored to
+    whole seconds, UTC with ``Z``, the seconds dropped when zero (``…T10:00Z``)."""
+    second = updated_us // _MICROS
+    return _iso(second, seconds=second % 60 != 0)
+
+
+def _v1_job(
+    draw: Callable[[], float],
+    job_id: int,
+    updated_us: int,
+    status: str | None,
+    connections: list[str | None],
+) -> Record:
+    """One job as the API shows it; ``status`` None is an ended job whose status
+    the API did not report (API.md: ``status`` string|null), so it has a time."""
+    second = updated_us // _MICROS
+    duration = 5 + int(draw() * 7200)
+    hours, rest = divmod(duration, 3600)
+    started = second - duration
+    job: Record = {"jobId": job_id}
+    if status not in _NOT_ENDED:
+        job["lastUpdatedAt"] = visible_time(updated_us)
+    elif status != "pending":
+        job["lastUpdatedAt"] = None  # running, incomplete: the key, null
+    job |= {
+        "bytesSynced": None if draw() < _NULL_SHARE else int(draw() * 10**9),
+        "connectionId": (
+            None
+            if draw() < _NULL_SHARE
+            else connections[int(draw() * len(connections))]
+        ),
+        "duration": (
+            None
+            if status == "pending" or draw() < _NULL_SHARE
+            else f"PT{hours}H{rest // 60}M{rest % 60}S"
+        ),
+        "jobType": (
+            None if draw() < _NULL_SHARE else _JOB_TYPES[int(draw() * len(_JOB_TYPES))]
+        ),
+        "rowsSynced": None if draw() < _NULL_SHARE else int(draw() * 10**6),
+        "startTime": (
+            None
+            if status == "pending" or draw() < _NULL_SHARE
+            else _iso(started, seconds=started % 60 != 0)
+        ),
+        "status": status,
+    }
+    return job
+
+
 def _v1_jobs(
-    rng: random.Random, count: int, connection_ids: list[str]
+    rng: random.Random, count: int, connection_ids: list[str], not_ended_share: float
 ) -> tuple[list[Record], list[int]]:
-    """Jobs in shuffled id order, with seconds-less timestamps and groups of exact ties.
+    """Jobs in shuffled id order (their creation order), and their hidden update
+    times in microseconds.
+
+    The server sorts and filters by the hidden time and shows it floored to
+    seconds, so the data has groups of jobs within one second (ties, a tenth of
+    the jobs, some at whole minutes), jobs that have not ended (no visible time)
+    spread among the others, and bursts of them sharing a second (syncs started
+    together): a small page can hold nothing but jobs without a time.
 
     Draws use ``rng.random()`` directly instead of ``choice``/``randrange``: this loop
     runs 200,000 times when the benchmark starts the sandbox.
     """
     draw = rng.random
     ids = rng.sample(range(1, 10 * count + 1), count)
-    epochs = [_YEAR_2024 + int(draw() * _YEAR_SECONDS) for _ in range(count)]
-    with_seconds = [draw() >= 0.1 for _ in range(count)]
+    seconds = [_YEAR_2024 + int(draw() * _YEAR_SECONDS) for _ in range(count)]
     for index in range(count):
-        if not with_seconds[index]:
-            epochs[index] -= epochs[index] % 60
+        if draw() < 0.1:  # whole minutes: written without seconds
+            seconds[index] -= seconds[index] % 60
     tied = rng.sample(range(count), count // 10)
     groups = max(1, count // 100)
     leaders = tied[:groups]
     if leaders:  # guarantees seconds-less ties even in small datasets
-        epochs[leaders[0]] -= epochs[leaders[0]] % 60
-        with_seconds[leaders[0]] = False
+        seconds[leaders[0]] -= seconds[leaders[0]] % 60
     for position, index in enumerate(tied[groups:]):
-        leader = leaders[position % groups]
-        epochs[index] = epochs[leader]
-        with_seconds[index] = with_seconds[leader]
-    statuses = ("succeeded",) * 3 + ("failed", "running", "cancelled", "incomplete")
-    job_types = ("sync", "sync", "sync", "reset", "refresh")
+        seconds[index] = seconds[leaders[position % groups]]
+    not_ended = [draw() < not_ended_share for _ in range(count)]
+    if not_ended_share > 0 and count >= 20:
+        for _ in range(max(1, count // 250)):
+            burst = rng.sample(range(count), 4 + int(draw() * 5))
+            for index in burst:
+                seconds[index] = seconds[burst[0]]
+                not_ended[index] = True
     connections: list[str | None] = [*connection_ids] or [None]
     jobs = []
-    for job_id, epoch, seconds in zip(ids, epochs, with_seconds, strict=True):
-        duration = 5 + int(draw() * 7200)
-        hours, rest = divmod(duration, 3600)
-        jobs.append(
-            {
-                "jobId": job_id,
-                "lastUpdatedAt": _iso(epoch, seconds=seconds),
-                "bytesSynced": None if draw() < _NULL_SHARE else int(draw() * 10**9),
-                "connectionId": (
-                    None
-                    if draw() < _NULL_SHARE
-                    else connections[int(draw() * len(connections))]
-                ),
-                "duration": (
-                    None
-                    if draw() < _NULL_SHARE
-                    else f"PT{hours}H{rest // 60}M{rest % 60}S"
-                ),
-                "jobType": (
-                    None
-                    if draw() < _NULL_SHARE
-                    else job_types[int(draw() * len(job_types))]
-                ),
-                "rowsSynced": None if draw() < _NULL_SHARE else int(draw() * 10**6),
-                "startTime": None if draw() < _NULL_SHARE else _iso(epoch - duration),
-                "status": (
-                    None
-                    if draw() < _NULL_SHARE
-                    else statuses[int(draw() * len(statuses))]
-                ),
-            }
-        )
-    return jobs, epochs
+    times = []
+    for job_id, second, waiting in zip(ids, seconds, not_ended, strict=True):
+        updated_us = second * _MICROS + int(draw() * _MICROS)
+        if waiting:
+            status: str | None = _NOT_ENDED[int(draw() * len(_NOT_ENDED))]
+        elif draw() < _NULL_SHARE:
+            status = None
+        else:
+            status = _ENDED_DRAW[int(draw() * len(_ENDED_DRAW))]
+        jobs.append(_v1_job(draw, job_id, updated_us, status, connections))
+        times.append(updated_us)
+    return jobs, times
 
 
-def changed_v1_job(job: Record, epoch: int, rng: random.Random) -> Record:
-    """``job`` as the API shows it once it changed at ``epoch`` (a run that ended)."""
-    return {
+def ended_v1_job(job: Record, updated_us: int, rng: random.Random) -> Record:
+    """``job`` once it ended (or was updated again) at the hidden ``updated_us``."""
+    ended = {
         **job,
-        "lastUpdatedAt": _iso(epoch, seconds=epoch % 60 != 0),
-        "status": rng.choice(("succeeded", "failed")),
+        "lastUpdatedAt": visible_time(updated_us),
+        "status": _ENDED_DRAW[int(rng.random() * len(_ENDED_DRAW))],
     }
+    if job.get("status") == "pending":  # it ran: it has a start and a duration now
+        ran = _v1_job(rng.random, job["jobId"], updated_us, "succeeded", [None])
+        ended |= {"duration": ran["duration"], "startTime": ran["startTime"]}
+    return ended
 
 
 def new_v1_job(
-    job_id: int, epoch: int, rng: random.Random, connection_ids: list[str]
+    job_id: int, updated_us: int, rng: random.Random, connection_ids: list[str]
 ) -> Record:
-    """A job that appeared at ``epoch``, drawn like the generated ones."""
-    (job,), _ = _v1_jobs(rng, 1, connection_ids)
-    return {**changed_v1_job(job, epoch, rng), "jobId": job_id, "status": "running"}
+    """A job created at ``updated_us``: pending or running, so without a time."""
+    status = ("pending", "running")[int(rng.random() * 2)]
+    connections: list[str | None] = [*connection_ids] or [None]
+    return _v1_job(rng.random, job_id, updated_us, status, connections)
 
 
 # (status, total_row_count) pairs every default dataset contains, successful first

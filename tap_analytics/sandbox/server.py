@@ -13,7 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from .app import Api, Request, RequestRecord, Response
+from .app import Api, JobPicker, Request, RequestRecord, Response
 from .config import SandboxConfig
 from .data import generate
 
@@ -283,11 +283,24 @@ class SandboxServer:
         return self._api.dataset_dict()
 
     def move_jobs(self, count: int) -> list[int]:
-        """Give ``count`` random v1 jobs a new ``lastUpdatedAt`` above all others.
+        """End ``count`` random v1 jobs (or update them again, if they had ended).
 
-        Returns their jobIds. Works frozen or not: it is the change between runs.
+        Each gets a hidden update time above all others, a ``lastUpdatedAt`` and a
+        final status. Returns their jobIds. Works frozen or not: it is the change
+        between runs.
         """
         return self._api.move_jobs(count)
+
+    def end_jobs_after_page(self, pick: JobPicker | None) -> None:
+        """After each ``/v1/jobs`` page served, until frozen, end the jobs whose
+        ids ``pick(jobs_of_the_page)`` returns, as :meth:`move_jobs` does: a test
+        chooses exactly which jobs change between two pages. None stops it."""
+        self._api.end_jobs_after_page(pick)
+
+    def update_times(self) -> dict[int, int]:
+        """The server's hidden update time of every v1 job, by jobId, in
+        microseconds: what it sorts and filters by (a client never sees it)."""
+        return self._api.update_times()
 
     def freeze(self) -> None:
         """End live mode: pages served from now on change nothing."""

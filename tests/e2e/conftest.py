@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tap_analytics.sandbox import SandboxConfig, SandboxServer
+from tests.tap_runner import assert_limits_in_range
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -214,10 +215,13 @@ def new_pg_database() -> Iterator[Callable[[], PgDatabase]]:
 
 @pytest.fixture(scope="module")
 def e2e_sandbox() -> Iterator[SandboxServer]:
-    # Defaults: 250 v1 jobs (3 pages of 100), 120 connections (3 cursor pages),
-    # 7 workspaces; 5 v3 workflows x 6 jobs, 30 results per successful job (2 pages).
+    # Defaults, the real server's ways: 250 v1 jobs (3 pages: 100, then 99 new
+    # ones and one of overlap; a tenth without lastUpdatedAt), 120 connections (2
+    # pages of 100), 7 workspaces; 5 v3 workflows x 6 jobs, 30 results per
+    # successful job (2 pages).
     with SandboxServer(SANDBOX_CONFIG) as server:
         yield server
+    assert_limits_in_range(server)
 
 
 def clean_env() -> dict[str, str]:

@@ -20,8 +20,13 @@ import pytest
 
 from tap_analytics.settings import unknown_settings
 from tap_analytics.tap import TapAnalytics
-from tap_analytics.timestamps import parse_timestamp
-from tests.tap_runner import Output, run_cli, v1_config
+from tests.tap_runner import (
+    Output,
+    jobs_updated_since,
+    middle_bookmark,
+    run_cli,
+    v1_config,
+)
 
 from .conftest import Meltano, unavailable
 
@@ -64,8 +69,7 @@ def test_a_state_from_meltano_state_get_says_how_to_unwrap_it(
 ) -> None:
     if shutil.which("jq") is None:
         unavailable("jq is not installed (the error line tells users to run it)")
-    jobs = sorted(e2e_sandbox.dataset["v1"]["jobs"], key=lambda j: j["lastUpdatedAt"])
-    bookmark = jobs[len(jobs) // 2]["lastUpdatedAt"]
+    bookmark = middle_bookmark(e2e_sandbox)
     singer_state = {
         "bookmarks": {
             "jobs": {
@@ -100,11 +104,8 @@ def test_a_state_from_meltano_state_get_says_how_to_unwrap_it(
     assert json.loads(Path(unwrapped).read_text()) == singer_state
     resumed = run_cli("--state", unwrapped, config=config, tmp_path=tmp_path)
     assert resumed.returncode == 0, resumed.last_stderr_line
-    since = parse_timestamp(bookmark)
-    expected = [
-        j["jobId"] for j in jobs if parse_timestamp(j["lastUpdatedAt"]) >= since
-    ]
-    assert 0 < len(expected) < len(jobs)
+    expected = jobs_updated_since(e2e_sandbox, bookmark)
+    assert 0 < len(expected) < len(e2e_sandbox.dataset["v1"]["jobs"])
     assert sorted(Output.parse(resumed.stdout).keys("jobs", "jobId")) == sorted(
         expected
     )

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from tap_analytics.sandbox import SandboxConfig, SandboxServer
+from tests.tap_runner import assert_limits_in_range
 
 from .conftest import ROOT, Meltano, PgDatabase
 from .test_meltano_postgres import PRIMARY_KEYS, expected_keys, snapshot
@@ -38,6 +39,7 @@ SLOW_SANDBOX = SandboxConfig(seed=42, v1_jobs=3000, latency_ms=20)
 def slow_sandbox() -> Iterator[SandboxServer]:
     with SandboxServer(SLOW_SANDBOX) as server:
         yield server
+    assert_limits_in_range(server)
 
 
 def children_of(pid: int) -> list[int]:

@@ -393,6 +393,32 @@ def test_v1_jobs_rerun_is_incremental(loaded: Loaded) -> None:
         assert queries[0].get("updatedAtStart"), f"run {run}: {queries[0]}"
 
 
+def test_jobs_that_have_not_ended_load_with_a_null_time(
+    loaded: Loaded, pg_database: PgDatabase, e2e_sandbox: SandboxServer
+) -> None:
+    """The real server gives a job no lastUpdatedAt until it ends: the rows load,
+    with a null in a nullable column, and their status."""
+    not_ended = {
+        str(job["jobId"]): job["status"]
+        for job in e2e_sandbox.dataset["v1"]["jobs"]
+        if job.get("lastUpdatedAt") is None
+    }
+    assert len(not_ended) > 10
+    with psycopg.connect(**pg_database.conninfo()) as conn:
+        columns = [
+            key_column(conn, SCHEMAS["v1"], "jobs", name)
+            for name in ("jobId", "status", "lastUpdatedAt")
+        ]
+        query = sql.SQL("SELECT {}::text, {} FROM {} WHERE {} IS NULL").format(
+            sql.Identifier(columns[0]),
+            sql.Identifier(columns[1]),
+            sql.Identifier(SCHEMAS["v1"], "jobs"),
+            sql.Identifier(columns[2]),
+        )
+        rows = conn.execute(query).fetchall()
+    assert dict(rows) == not_ended
+
+
 # --- Meltano project checks ---------------------------------------------------
 
 
