@@ -135,6 +135,7 @@ class AnalyticsStream(RESTStream[t.Any]):
             session, self.analytics_tap.rate_limiter, pool_maxsize=workers + 1
         )
         self._logged_once: set[str] = set()
+        self._contract: SchemaContract | None = None  # see schema_contract
         self.logger.addFilter(DEMOTE_SDK_NOISE)
         #: Where records go instead of RECORD messages (batch_config), if anywhere.
         self._batches = self.analytics_tap.batches
@@ -295,9 +296,17 @@ class AnalyticsStream(RESTStream[t.Any]):
 
     # --- schema contract (tap_analytics.schema_contract) ----------------------
 
-    @cached_property
+    @property
     def schema_contract(self) -> SchemaContract:
-        """The stream's contract; the fields earlier runs typed join the schema."""
+        """The stream's contract, made at its first SCHEMA (in the main thread).
+
+        The fields earlier runs typed (the state) join the schema then.
+        """
+        if self._contract is None:
+            self._contract = self._new_schema_contract()
+        return self._contract
+
+    def _new_schema_contract(self) -> SchemaContract:
         schema = self.effective_schema
         # A field the catalog deselects is the SDK's to drop, never a new one.
         deselected = [
@@ -414,7 +423,8 @@ class AnalyticsStream(RESTStream[t.Any]):
         # targets: the contract decides, and a grown schema goes out before the
         # record. Only its quick check runs for every record, written out here
         # (SchemaContract.fits; a call per record costs a sixth more).
-        contract = self.schema_contract
+        # A plain attribute, not the property: read for every record.
+        contract = self._contract or self.schema_contract
         fits = contract.covers(record)
         for name, types in contract.typed:
             fits = fits and type(record.get(name)) in types
