@@ -13,7 +13,10 @@ from urllib.parse import urlsplit
 import requests
 from singer_sdk import metrics
 from singer_sdk.exceptions import RetriableAPIError
-from singer_sdk.helpers._catalog import pop_deselected_record_properties
+from singer_sdk.helpers._catalog import (
+    get_selected_schema,
+    pop_deselected_record_properties,
+)
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.singerlib import RecordMessage
@@ -29,6 +32,7 @@ from tap_analytics.errors import (
 from tap_analytics.logs import DEMOTE_SDK_NOISE, ProgressRecordCounter, StreamProgress
 from tap_analytics.responses import json_body, records_in
 from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
+from tap_analytics.schema_contract import STATE_KEY, ContractMode, SchemaContract
 from tap_analytics.urls import is_absolute_url, safe_url
 
 if t.TYPE_CHECKING:
@@ -101,6 +105,9 @@ class AnalyticsStream(RESTStream[t.Any]):
     #: Where the records are in a response body (API.md's data selector).
     records_key: t.ClassVar[str] = "data"
 
+    #: The stream's JSON Schema: schemas.py's, grown by the schema contract.
+    schema: dict[str, t.Any]
+
     # Records come straight from a JSON decoder, so every value already is a JSON
     # type: the SDK's recursive conformance (a fifth of a bulk sync's CPU) would
     # walk every property to convert nothing.
@@ -128,6 +135,7 @@ class AnalyticsStream(RESTStream[t.Any]):
             session, self.analytics_tap.rate_limiter, pool_maxsize=workers + 1
         )
         self._logged_once: set[str] = set()
+        self._contract: SchemaContract | None = None  # see schema_contract
         self.logger.addFilter(DEMOTE_SDK_NOISE)
         #: Where records go instead of RECORD messages (batch_config), if anywhere.
         self._batches = self.analytics_tap.batches
@@ -278,8 +286,76 @@ class AnalyticsStream(RESTStream[t.Any]):
         # The SDK writes SCHEMA at every sync() call, which for a child stream is
         # once per parent record (5,000 SCHEMA messages for 2,000 workflows).
         if not self._schema_written:
-            super()._write_schema_message()
-            self._schema_written = True
+            _ = self.schema_contract  # fields typed in earlier runs join the first one
+            self.announce_schema()
+
+    def announce_schema(self) -> None:
+        """Write this stream's SCHEMA now, again when it has grown since."""
+        super()._write_schema_message()
+        self._schema_written = True
+
+    # --- schema contract (tap_analytics.schema_contract) ----------------------
+
+    @property
+    def schema_contract(self) -> SchemaContract:
+        """The stream's contract, made at its first SCHEMA (in the main thread).
+
+        The fields earlier runs typed (the state) join the schema then.
+        """
+        if self._contract is None:
+            self._contract = self._new_schema_contract()
+        return self._contract
+
+    def _new_schema_contract(self) -> SchemaContract:
+        schema = self.effective_schema
+        # A field the catalog deselects is the SDK's to drop, never a new one.
+        deselected = [
+            crumb[1] for crumb, on in self.mask.items() if len(crumb) == 2 and not on
+        ]
+        contract = SchemaContract(
+            self.name,
+            ContractMode(self.analytics_tap.setting("schema_contract")),
+            [*schema.get("properties", {}), *deselected],
+            self.logger,
+        )
+        if restored := contract.restore(self.stream_state.get(STATE_KEY, {})):
+            self._grow_schema(restored)
+        return contract
+
+    def apply_schema_contract(self, record: dict[str, t.Any]) -> bool:
+        """Apply the schema contract to ``record`` in place.
+
+        Returns True when the stream's schema grew: the caller must then write a
+        new SCHEMA (:meth:`announce_schema`) before this record. For a record that
+        fits, it costs the contract's quick check (``SchemaContract.fits``).
+        """
+        grown = self.schema_contract.apply(record)
+        if grown is None:
+            return False
+        self._grow_schema(grown)
+        self.stream_state[STATE_KEY] = self.schema_contract.typed_fields
+        for name, schema in grown.items():
+            self.analytics_tap.run_stats.count_added_field(
+                self.name, name, schema["type"][0]
+            )
+        return True
+
+    def _grow_schema(self, properties: dict[str, t.Any]) -> None:
+        schema = self.effective_schema
+        grown = {**schema, "properties": {**schema.get("properties", {}), **properties}}
+        self.schema = grown
+        if self._input_schema is not None:
+            self._input_schema = grown
+        # The SDK's mapper holds the schema it was given at start (its SCHEMA
+        # messages and flattening come from it): register the grown one the way
+        # the SDK registered the first, selection applied, and drop the stream's
+        # cached maps so they are rebuilt from it.
+        self._tap.mapper.register_raw_stream_schema(
+            self.name,
+            get_selected_schema(self.name, grown, self.mask),
+            self.primary_keys,
+        )
+        self._stream_maps = None
 
     @cached_property
     def _deselects_properties(self) -> bool:
@@ -335,14 +411,6 @@ class AnalyticsStream(RESTStream[t.Any]):
         # batch files when batch_config is set.
         return None
 
-    def apply_schema_contract(self, record: dict[str, t.Any]) -> bool:
-        """Whether ``record`` changed the stream's schema (a SCHEMA must go first).
-
-        A stub: schema evolution (issue 17) implements it. The batch writer asks
-        it for every record.
-        """
-        return False
-
     def finalize_state_progress_markers(self, state: dict | None = None) -> None:
         # The SDK calls this after each top-level stream (and its children) has
         # synced: hand the target their last batches now, not at the next STATE.
@@ -351,21 +419,32 @@ class AnalyticsStream(RESTStream[t.Any]):
         super().finalize_state_progress_markers(state)
 
     def _write_record_message(self, record: dict[str, t.Any]) -> None:
+        # A field beyond the schema would be dropped silently by schema-driven
+        # targets: the contract decides, and a grown schema goes out before the
+        # record. Only its quick check runs for every record, written out here
+        # (SchemaContract.fits; a call per record costs a sixth more).
+        # A plain attribute, not the property: read for every record.
+        contract = self._contract or self.schema_contract
+        fits = contract.covers(record)
+        for name, types in contract.typed:
+            fits = fits and type(record.get(name)) in types
+        grew = not fits and self.apply_schema_contract(record)
         batches = self._batches
         if batches is None:
+            if grew:
+                self.announce_schema()
             # The SDK's RECORD messages, written without the message objects.
             writer = self._record_writer
             for stream, mapped in self._mapped_records(record):
                 writer.write_record(stream, mapped, self._stream_version)
             self.state_manager.is_flushed = False
             return
-        if self.apply_schema_contract(record):
+        if grew:
             # The batch so far was written under the old schema: hand it over,
             # then the new SCHEMA, then a new batch.
             for stream_map in self.stream_maps:
                 batches.announce(stream_map.stream_alias)
-            self._schema_written = False
-            self._write_schema_message()
+            self.announce_schema()
         for stream, mapped in self._mapped_records(record):
             batches.write(stream, mapped)
         self.state_manager.is_flushed = False

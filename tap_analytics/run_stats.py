@@ -19,6 +19,8 @@ class RunStats:
         self.records: collections.Counter[str] = collections.Counter()
         #: Parents (by child stream name) whose child request answered 404.
         self.skipped_parents: collections.Counter[str] = collections.Counter()
+        #: Fields the schema contract added this run: ``stream.field (type)``.
+        self.added_fields: list[str] = []
 
     def count_request(self) -> None:
         with self._lock:
@@ -35,6 +37,10 @@ class RunStats:
     def count_skipped_parent(self, stream: str) -> None:
         with self._lock:
             self.skipped_parents[stream] += 1
+
+    def count_added_field(self, stream: str, field: str, json_type: str) -> None:
+        with self._lock:
+            self.added_fields.append(f"{stream}.{field} ({json_type})")
 
     def summary(self) -> str:
         """The run's last INFO line: what was synced and what it took."""

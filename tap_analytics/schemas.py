@@ -2,9 +2,11 @@
 
 Each schema reads like its API.md bullet: ``key`` fields are never null, ``field``
 ones are nullable (API.md's ``X or null``, every non-key v3 field, and v1
-``lastUpdatedAt``, which the real server sets only once a job ended). Undocumented
-fields the API adds are kept (``additionalProperties``); schema-driven targets only
-get a column for them once they are listed here.
+``lastUpdatedAt``, which the real server sets only once a job ended). Fields the API
+adds beyond these are kept (``additionalProperties``) and reach the warehouse through
+the schema contract (:mod:`tap_analytics.schema_contract`), which adds them to the
+stream's schema as they appear; listing one here gives it its documented type and
+puts it in ``--discover``'s catalog.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ V1_CONNECTIONS = record_schema(
     *fields(th.StringType, "sourceId", "status"),
     field("tags", th.ArrayType(ANY_OBJECT)),  # {tagId, workspaceId, name, color}
     field("workspaceId", th.StringType),
+    # Sent by the real server, not in the source document (API.md, "The real server").
+    field("configurations", ANY_OBJECT),  # {streams: [{name, syncMode, ...}]}
+    field("statusReason", th.StringType),
 )
 
 V1_WORKSPACES = record_schema(

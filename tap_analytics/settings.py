@@ -14,6 +14,7 @@ from singer_sdk import typing as th
 
 from tap_analytics.errors import ConfigError
 from tap_analytics.pagination import MAX_LIMIT
+from tap_analytics.schema_contract import ContractMode
 from tap_analytics.timestamps import parse_timestamp
 from tap_analytics.urls import is_absolute_url
 
@@ -187,6 +188,18 @@ CONFIG_SCHEMA: dict[str, t.Any] = th.PropertiesList(
         th.IntegerType(minimum=1),
         default=10,
         description="Seconds between two progress lines of a stream.",
+    ),
+    th.Property(
+        "schema_contract",
+        th.StringType,
+        allowed_values=[mode.value for mode in ContractMode],
+        default=ContractMode.EVOLVE.value,
+        description=(
+            "Fields the API sends beyond the schema (dlt's modes): evolve adds "
+            "them to the schema, typed from their first value (a value of another "
+            "type later goes to <field>__v_<type>); freeze ends the run on one; "
+            "discard_value drops them."
+        ),
     ),
     th.Property(
         "log_metrics",

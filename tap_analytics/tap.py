@@ -259,4 +259,8 @@ class TapAnalytics(Tap):
         if self.batches is not None:
             self.batches.end()  # the last batches, once the target has them all
         t.cast("BufferedMsgSpecWriter", self.message_writer).flush()
+        if run_stats.added_fields:  # new columns in the warehouse: worth a line
+            self.logger.info(
+                "Fields added to the schema: %s", ", ".join(run_stats.added_fields)
+            )
         self.logger.info(run_stats.summary())

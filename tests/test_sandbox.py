@@ -508,6 +508,7 @@ def test_v3_shapes_and_job_kinds(sandbox):
         "tasks_left",
         "tasks_max",
         "tasks_used",
+        "extra_note",  # undocumented, as the real server's records carry more
     }
     workflows = requests.get(f"{base}/v3/workflows", headers=API_KEY).json()["data"]
     assert workflows == data["workflows"]
@@ -588,9 +589,8 @@ def test_job_results_paginate_by_absolute_url(sandbox, bare):
     if bare:
         assert all("job_result_id" not in item and "clicks" in item for item in items)
     else:
-        assert all(
-            set(item) == {"job_result_id", "extracted_at", "results"} for item in items
-        )
+        documented = {"job_result_id", "extracted_at", "results"}
+        assert all(set(item) == {*documented, "extra_note"} for item in items)
 
 
 def test_job_results_of_other_jobs_are_empty_or_missing(sandbox):
@@ -705,20 +705,74 @@ def test_advance_v3_over_http_with_extra_fields_and_bare_results(sandbox):
     assert requests.get(f"{base}/_sandbox/v3-advance").status_code == 405
 
 
-def test_extra_field_is_on_every_record_of_every_stream(sandbox):
-    server = sandbox(extra_field="surprise", v3_bare_results=True)
-    v1, v3 = server.dataset["v1"], server.dataset["v3"]
-    records = [
-        *v1["jobs"],
-        *v1["connections"],
-        *v1["workspaces"],
-        v3["workspace"],
-        *v3["workflows"],
-        *v3["jobs"],
+def served_records(server: SandboxServer) -> dict[str, list[dict[str, Any]]]:
+    """Every stream's records in the order served (v3: as the tests above show)."""
+    v3 = server.dataset["v3"]
+    # One page of at most 100 holds every job: the server's order, no `next` needed.
+    [first_page, *_] = walk_jobs(server, limit=100, orderBy="updatedAt|ASC")
+    assert len(first_page["data"]) == len(server.dataset["v1"]["jobs"]) <= 100
+    pages = [results_pages(server, job["uid"]) for job in v3["jobs"]]
+    return {
+        "jobs": first_page["data"],
+        "connections": [
+            c for p in walk_cursor(server, "connections") for c in p["data"]
+        ],
+        "workspaces": [w for p in walk_cursor(server, "workspaces") for w in p["data"]],
+        "workspace": [v3["workspace"]],
+        "workflows": v3["workflows"],
+        "v3_jobs": v3["jobs"],
+        "job_results": [item for job in pages for p in job for item in p["results"]],
+    }
+
+
+def test_fields_beyond_the_documents_are_on_every_stream(sandbox):
+    server = sandbox(halfway_field="added", retyped_field="score", v1_jobs=100)
+    served = served_records(server)
+    assert {stream: len(records) > 1 for stream, records in served.items()} == {
+        stream: stream != "workspace" for stream in served
+    }
+    for stream, records in served.items():
+        # the default: an undocumented field on every record, one value each
+        notes = [r["extra_note"] for r in records]
+        assert len(set(notes)) == len(notes), stream
+        assert all(note.startswith(f"undocumented-{stream}-") for note in notes)
+        # appears at the middle record, in the order served
+        added = ["added" in r for r in records]
+        first = len(records) // 2
+        assert added == [False] * first + [True] * (len(records) - first), stream
+        # an integer before that record, a string from it on
+        scores = [r["score"] for r in records]
+        assert all(isinstance(score, int) for score in scores[:first]), stream
+        assert all(isinstance(score, str) for score in scores[first:]), stream
+
+
+def test_extra_field_can_be_renamed_or_left_out(sandbox):
+    renamed = sandbox(extra_field="surprise", v3_bare_results=True)
+    v3 = renamed.dataset["v3"]
+    rows = [row for items in v3["job_results"].values() for row in items]
+    assert rows
+    assert all(isinstance(row["surprise"], str) for row in rows)
+    assert walk_jobs(renamed)[0]["data"][0]["surprise"]
+    plain = sandbox(extra_field=None)
+    assert not any("extra_note" in job for job in walk_jobs(plain)[0]["data"])
+
+
+def test_connections_carry_configurations_and_status_reason(sandbox):
+    server = sandbox()
+    connections = [
+        c for page in walk_cursor(server, "connections") for c in page["data"]
     ]
-    records += [item for items in v3["job_results"].values() for item in items]
-    assert all(isinstance(record["surprise"], str) for record in records)
-    assert walk_jobs(server)[0]["data"][0]["surprise"] == v1["jobs"][0]["surprise"]
+    assert connections == server.dataset["v1"]["connections"]
+    for connection in connections:
+        streams = connection["configurations"]["streams"]
+        assert streams
+        assert all({"name", "syncMode"} <= set(s) for s in streams)
+        if connection["status"] in ("inactive", "deprecated"):
+            assert isinstance(connection["statusReason"], str)
+        else:
+            assert connection["statusReason"] is None
+    reasons = {c["statusReason"] is None for c in connections}
+    assert reasons == {True, False}
 
 
 # --- faults and misbehaviour -------------------------------------------------------

@@ -31,7 +31,12 @@ _HELP = {
     "`limit` and `offset` (the real server), or an opaque token (older servers)",
     "end_marker": 'v1 `next`: "real" sets it on every non-empty page, "" only on '
     "an empty one; null, absent or empty end the page that reaches the end instead",
-    "extra_field": "name of an undocumented field added to every record",
+    "extra_field": "name of an undocumented field on every record of every stream "
+    "(the real server sends fields beyond the documents)",
+    "halfway_field": "name of an undocumented field on every stream's records from "
+    "the middle one on, in the order served",
+    "retyped_field": "name of an undocumented field on every record, an integer "
+    "before each stream's middle record and a string from it on",
     "v3_workflows": "number of v3 workflows",
     "v3_jobs_per_workflow": "number of v3 jobs in each workflow",
     "v3_results_per_job": "number of results of each successful v3 job",

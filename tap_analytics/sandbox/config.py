@@ -29,7 +29,9 @@ class SandboxConfig:
     v1_not_ended_share: float = 0.1
     cursor_shape: CursorShape = "url"
     end_marker: EndMarker = "real"
-    extra_field: str | None = None
+    extra_field: str | None = "extra_note"
+    halfway_field: str | None = None
+    retyped_field: str | None = None
     v3_workflows: int = 5
     v3_jobs_per_workflow: int = 6
     v3_results_per_job: int = 30

@@ -67,7 +67,7 @@ class Dataset:
 
 def generate(config: SandboxConfig) -> Dataset:
     master = random.Random(config.seed)
-    rngs = [random.Random(master.getrandbits(64)) for _ in range(4)]
+    rngs = [random.Random(master.getrandbits(64)) for _ in range(5)]
     workspaces = _v1_workspaces(rngs[0], config.v1_workspaces)
     connections = _v1_connections(
         rngs[1], config.v1_connections, [w["workspaceId"] for w in workspaces]
@@ -88,23 +88,76 @@ def generate(config: SandboxConfig) -> Dataset:
     items = {
         uid: result_items(rows, config.v3_bare_results) for uid, rows in results.items()
     }
-    if config.extra_field is not None:
-        streams = {
-            "workspaces": workspaces,
-            "connections": connections,
-            "jobs": jobs,
-            "workflows": workflows,
-            "v3_jobs": v3_jobs,
-            "workspace": [workspace],
-        }
-        for uid, job_items in items.items():
-            streams[f"job_results/{uid}"] = job_items
-        for stream, records in streams.items():
-            for index, record in enumerate(records):
-                record[config.extra_field] = f"undocumented-{stream}-{index}"
+    for connection in connections:
+        _add_connection_extras(rngs[4], connection)
+    # Each stream's records with the key of the order they are served in: v1 jobs
+    # by the server's own update time, the others as listed.
+    served: dict[str, tuple[list[Record], list[int]]] = {
+        "workspaces": (workspaces, list(range(len(workspaces)))),
+        "connections": (connections, list(range(len(connections)))),
+        "jobs": (jobs, times),
+        "workspace": ([workspace], [0]),
+        "workflows": (workflows, list(range(len(workflows)))),
+        "v3_jobs": (v3_jobs, list(range(len(v3_jobs)))),
+    }
+    all_items = [item for job_items in items.values() for item in job_items]
+    served["job_results"] = (all_items, list(range(len(all_items))))
+    for stream, (records, order) in served.items():
+        _add_undocumented_fields(config, stream, records, order)
     return Dataset(
         workspaces, connections, jobs, times, workspace, workflows, v3_jobs, items
     )
+
+
+# What the real server sends on a connection beyond the source document (API.md,
+# "The real server"): its streams and sync modes, and why it is not active.
+_SYNC_MODES = (
+    "full_refresh_overwrite",
+    "full_refresh_append",
+    "incremental_append",
+    "incremental_deduped_history",
+)
+_TABLES = ("users", "orders", "invoices", "events", "accounts", "campaigns")
+_STATUS_REASONS = {
+    "inactive": ("Paused by a user", "Disabled after 3 failed syncs in a row"),
+    "deprecated": ("Source connector version is deprecated",),
+}
+
+
+def _add_connection_extras(rng: random.Random, connection: Record) -> None:
+    streams = []
+    for table in rng.sample(_TABLES, rng.randint(1, 3)):
+        mode = rng.choice(_SYNC_MODES)
+        incremental = mode.startswith("incremental")
+        streams.append(
+            {
+                "name": table,
+                "syncMode": mode,
+                "cursorField": ["updated_at"] if incremental else [],
+                "primaryKey": [["id"]],
+            }
+        )
+    connection["configurations"] = {"streams": streams}
+    reasons = _STATUS_REASONS.get(connection["status"] or "")
+    connection["statusReason"] = rng.choice(reasons) if reasons else None
+
+
+def _add_undocumented_fields(
+    config: SandboxConfig, stream: str, records: list[Record], order: list[int]
+) -> None:
+    """The undocumented fields asked for; ``order[i]`` orders ``records[i]`` as served.
+
+    ``extra_field`` is on every record; ``halfway_field`` from the middle record on;
+    ``retyped_field`` an integer before it and a string from it on.
+    """
+    middle = sorted(order)[len(order) // 2] if order else 0
+    for index, (record, place) in enumerate(zip(records, order, strict=True)):
+        if config.extra_field is not None:
+            record[config.extra_field] = f"undocumented-{stream}-{index}"
+        if config.halfway_field is not None and place >= middle:
+            record[config.halfway_field] = f"halfway-{stream}-{index}"
+        if config.retyped_field is not None:
+            record[config.retyped_field] = index if place < middle else f"#{index}"
 
 
 def _uid(rng: random.Random) -> str:

@@ -33,7 +33,10 @@ SCRIPTS = ROOT / "scripts"
 SETUP_TIMEOUT = 900
 PG_UNAVAILABLE = 3  # exit code of scripts/pg-test-db.sh when PostgreSQL cannot be had
 
-SANDBOX_CONFIG = SandboxConfig(seed=42)
+# Beyond the documents, as the real server (its defaults: extra_note on every
+# record, configurations and statusReason on connections), and a field that
+# appears halfway through every stream and one whose type changes there.
+SANDBOX_CONFIG = SandboxConfig(seed=42, halfway_field="added", retyped_field="score")
 
 # Env vars that configure Meltano or a plugin; never inherited by the subprocesses.
 _PLUGIN_ENV_PREFIXES = ("TAP_ANALYTICS", "TARGET_POSTGRES", "TARGET_DUCKDB", "MELTANO_")
