@@ -110,7 +110,17 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         # when the token is due, one thread fetches it and the others wait for it,
         # instead of each asking for its own.
         with self._lock:
-            return super().authenticate_request(request)
+            if self.auth_params:  # none in this flow
+                return super().authenticate_request(request)
+            if not self.is_token_valid():
+                self.update_access_token()
+            self.auth_headers["Authorization"] = f"Bearer {self.access_token}"
+        # What the SDK's authenticate_request does, less rebuilding the URL to add
+        # auth_params when there are none: it parses and re-encodes the query of
+        # every request, twice (the SDK authenticates a request when it prepares
+        # it and again when it sends it), a tenth of a bulk sync's request CPU.
+        request.headers.update(self.auth_headers)
+        return request
 
     def invalidate(self, rejected: str | None) -> None:
         """Forget the token a request was rejected with (its Authorization header).

@@ -54,6 +54,7 @@ from singer_sdk.contrib.msgspec import serialize_jsonl
 from singer_sdk.helpers._batch import BaseBatchFileEncoding, SDKBatchMessage
 
 from tap_analytics.errors import ConfigError, TapAnalyticsError
+from tap_analytics.interrupts import held
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -138,10 +139,16 @@ class _OpenWatch:
             self._libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_OPEN)
         )
 
-    def opened(self, timeout: float) -> list[int]:
-        """Watch descriptors opened since the last call; waits up to ``timeout``."""
-        if timeout > 0:
-            select.select([self.fd], [], [], timeout)
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for an open (a signal may cut it short)."""
+        select.select([self.fd], [], [], timeout)
+
+    def opened(self) -> list[int]:
+        """Watch descriptors opened since the last call (no waiting).
+
+        An open read here is gone from inotify: the caller records it before an
+        interrupt may unwind (tap_analytics.interrupts.held).
+        """
         try:
             data = os.read(self.fd, 64 * 1024)
         except BlockingIOError:
@@ -294,13 +301,13 @@ class BatchOutput:
     def _wait(self, unopened_at_most: int, timeout: float) -> None:
         """Close the batches the target opened; wait until few enough are left."""
         deadline = time.monotonic() + timeout
-        wait = 0.0
         while True:
-            for wd in self._watch.opened(wait):
-                batch = self._unopened.pop(wd, None)
-                if batch is not None:
-                    batch.close()  # the target's open keeps the data
-                    deadline = time.monotonic() + timeout
+            with held():
+                for wd in self._watch.opened():
+                    batch = self._unopened.pop(wd, None)
+                    if batch is not None:
+                        batch.close()  # the target's open keeps the data
+                        deadline = time.monotonic() + timeout
             if len(self._unopened) <= unopened_at_most:
                 return
             wait = deadline - time.monotonic()
@@ -312,3 +319,4 @@ class BatchOutput:
                     "for such targets"
                 )
                 raise BatchNotReadError(msg)
+            self._watch.wait(wait)

@@ -36,7 +36,7 @@ from tap_analytics.schema_contract import STATE_KEY, ContractMode, SchemaContrac
 from tap_analytics.urls import is_absolute_url, safe_url
 
 if t.TYPE_CHECKING:
-    from collections.abc import Generator, Iterable, Iterator
+    from collections.abc import Generator, Iterable, Iterator, Sequence
 
     from backoff.types import Details
     from singer_sdk.helpers.types import Auth, Context
@@ -374,23 +374,23 @@ class AnalyticsStream(RESTStream[t.Any]):
 
     def _mapped_records(
         self, record: dict[str, t.Any]
-    ) -> Iterator[tuple[str, dict[str, t.Any]]]:
+    ) -> Sequence[tuple[str, dict[str, t.Any]]]:
         """``record`` as each stream map emits it: (output stream, record).
 
         What the SDK's ``_generate_record_messages`` does, minus two walks over
         every property: type conformance (none here, see TYPE_CONFORMANCE_LEVEL)
         and dropping deselected properties when none is deselected (the usual
-        catalog).
+        catalog). A sequence, not a generator: one is made per record.
         """
         if (alias := self._unmapped_alias) is not None:
-            yield alias, record
-            return
+            return ((alias, record),)
         if self._deselects_properties:
             pop_deselected_record_properties(record, self.schema, self.mask)
-        for stream_map in self.stream_maps:
-            mapped = stream_map.transform(record)
-            if mapped is not None:
-                yield stream_map.stream_alias, mapped
+        return [
+            (stream_map.stream_alias, mapped)
+            for stream_map in self.stream_maps
+            if (mapped := stream_map.transform(record)) is not None
+        ]
 
     def _generate_record_messages(
         self, record: dict[str, t.Any]

@@ -202,14 +202,21 @@ class Prefetcher:
         parent: Stream,
         context: Context | None,
         records: Iterable[Record],
-    ) -> Iterator[Record]:
-        """Yield ``records``; for a top-level parent, the next few's children in flight.
+    ) -> Iterable[Record]:
+        """``records``; for a top-level parent, the next few's children in flight.
 
         The children of fetched records are submitted by the worker that fetched them.
         """
         if context is not None or not parent.child_streams:
-            yield from records
-            return
+            return records  # as they are: a generator more would cost every record
+        return self._read_ahead(parent, context, records)
+
+    def _read_ahead(
+        self,
+        parent: Stream,
+        context: Context | None,
+        records: Iterable[Record],
+    ) -> Iterator[Record]:
         window: collections.deque[Record] = collections.deque()
         try:
             for index, record in enumerate(records):

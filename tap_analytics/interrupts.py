@@ -9,6 +9,7 @@ exits 128 + the signal's number, as a shell reports a process the signal killed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import signal
 import typing as t
@@ -51,13 +52,45 @@ class RunInterrupted(BaseException):
         )
 
 
-def raise_interrupted(signum: int, write_state: t.Callable[[], None]) -> t.NoReturn:
-    """Signal handler body: unwind the sync, and let a second signal end the run."""
+#: The interrupt that arrived inside :func:`held`, raised when it ends.
+_held: list[RunInterrupted | None] = []
+
+
+@contextlib.contextmanager
+def held() -> t.Iterator[None]:
+    """Raise an interrupt arriving in this block only when the block ends.
+
+    For short steps that must not be cut in two: the handler raises wherever the
+    main thread is, and blocking the signal would not help (any thread may take
+    it). E.g. open events read from inotify and not yet recorded are lost, and the
+    run would then wait for opens that happened (tap_analytics.batches).
+    """
+    _held.append(None)
+    try:
+        yield
+    finally:
+        pending = _held.pop()
+        if pending is not None:
+            if _held:  # an outer block raises it
+                _held[-1] = pending
+            else:
+                raise pending  # the interrupt goes on from here
+
+
+def raise_interrupted(signum: int, write_state: t.Callable[[], None]) -> None:
+    """Signal handler body: unwind the sync, and let a second signal end the run.
+
+    Inside :func:`held`, the interrupt waits for the block's end.
+    """
     # A second Ctrl-C or SIGTERM kills at once (default action), the way users
     # expect when the first one's cleanup takes too long.
     for other in (signal.SIGINT, signal.SIGTERM):
         signal.signal(other, signal.SIG_DFL)
-    raise RunInterrupted(signum, write_state)
+    interrupt = RunInterrupted(signum, write_state)
+    if _held:
+        _held[-1] = interrupt
+        return
+    raise interrupt
 
 
 def resumable_state(state: t.Mapping[str, t.Any]) -> dict[str, t.Any]:

@@ -19,9 +19,9 @@ if t.TYPE_CHECKING:
     from tap_analytics.run_stats import RunStats
 
 
-#: Records counted between two looks at the clock (and two updates of the run's
-#: statistics, which take a lock): per record, both were a tenth of a bulk sync's
-#: per-record cost.
+#: Records counted between two looks at the clock (the SDK's METRIC line and the
+#: progress line) and two updates of the run's statistics (which take a lock): per
+#: record, these were a tenth of a bulk sync's per-record cost.
 CHECK_EVERY = 32
 
 
@@ -41,7 +41,6 @@ class StreamProgress:
         self._run_stats = run_stats
         self._logger = logger
         self._records = 0
-        self._unchecked = 0  # records since the last check()
         self._started: float | None = None
         self._next_report = 0.0
 
@@ -52,15 +51,9 @@ class StreamProgress:
             self._next_report = self._started + self.interval
 
     def advance(self, count: int) -> None:
+        """Count ``count`` more records; log if due."""
         self._records += count
-        self._unchecked += count
-        if self._unchecked >= CHECK_EVERY:
-            self.check()
-
-    def check(self) -> None:
-        """Hand the records counted since to the run's statistics; log if due."""
-        self._run_stats.count_records(self.stream, self._unchecked)
-        self._unchecked = 0
+        self._run_stats.count_records(self.stream, count)
         now = time.monotonic()
         if now >= self._next_report and self._started is not None:
             rate = self._records / max(now - self._started, 1e-9)
@@ -74,13 +67,19 @@ class StreamProgress:
 
 
 class ProgressRecordCounter(metrics.Counter):
-    """The SDK's record counter (its METRIC lines), also advancing a progress."""
+    """The SDK's record counter (its METRIC lines), also advancing a progress.
+
+    The SDK's counter looks at the clock for every record it counts; this one
+    looks every :data:`CHECK_EVERY` records, when it also hands them to the
+    progress.
+    """
 
     def __init__(
         self, progress: StreamProgress, tags: dict[str, t.Any], log_interval: float
     ) -> None:
         super().__init__(metrics.Metric.RECORD_COUNT, tags, log_interval=log_interval)
         self._progress = progress
+        self._unchecked = 0  # counted since the last look at the clock
 
     def __enter__(self) -> t.Self:
         self._progress.start()
@@ -92,12 +91,20 @@ class ProgressRecordCounter(metrics.Counter):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        self._progress.check()  # the last records of this sync count too
+        self._check()  # the last records of this sync count too
         super().__exit__(exc_type, exc_val, exc_tb)
 
     def increment(self, value: int = 1) -> None:
-        super().increment(value)
-        self._progress.advance(value)
+        self.value += value
+        self._unchecked += value
+        if self._unchecked >= CHECK_EVERY:
+            self._check()
+            if self._ready_to_log():
+                self._pop()
+
+    def _check(self) -> None:
+        self._progress.advance(self._unchecked)
+        self._unchecked = 0
 
 
 # Lines the SDK and ``backoff`` write at INFO or above that a clean or a failing

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime
 import io
 import sys
+import time
 import typing as t
 import weakref
 
-from singer_sdk.contrib.msgspec import MsgSpecWriter, serialize_jsonl
+from singer_sdk.contrib.msgspec import MsgSpecWriter, encoder
 from singer_sdk.singerlib import RecordMessage, StateMessage
 
 from tap_analytics.errors import TargetClosedPipeError
@@ -20,6 +21,14 @@ if t.TYPE_CHECKING:
 
 #: Bytes of messages collected before one write to stdout (about 200 records).
 BUFFER_BYTES = 64 * 1024
+
+#: How long one ``time_extracted`` stands for the records written after it: they
+#: are stamped at most this much before they were written.
+EXTRACTED_AT_SECONDS = 0.001
+
+#: A stream's RECORD line buffer, where its record starts, and what follows the
+#: record up to ``time_extracted`` (see BufferedMsgSpecWriter.write_record).
+_RecordLine = tuple[bytearray, int, bytes]
 
 
 class BufferedMsgSpecWriter(MsgSpecWriter):
@@ -50,6 +59,11 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
         #: Called before a STATE message is written (the tap's BATCH output hooks
         #: in here, so that no STATE passes records still in an open batch).
         self.before_state: Callable[[], None] | None = None
+        #: Per (stream, version): see write_record.
+        self._record_line: dict[tuple[str, int | None], _RecordLine] = {}
+        # The end of a RECORD line: time_extracted (encoded at _extracted_at).
+        self._extracted_at = -1.0
+        self._extracted = b""
         self._live.add(self)
 
     def write_message(self, message: Message) -> None:
@@ -71,17 +85,28 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
     def write_record(
         self, stream: str, record: dict[str, t.Any], version: int | None
     ) -> None:
-        """A RECORD message, as ``RecordMessage.to_dict`` has it, without the object.
+        """A RECORD message: the line ``RecordMessage.to_dict`` would give, without
+        the object, nor the message dict.
 
         Per record, building the message object (its checks, ``to_dict``) cost as
-        much as encoding the record; the line is the same.
+        much as encoding the record. The line's parts around the record are the
+        same for every record of a stream, so only the record is encoded, with
+        the SDK's encoder, into a buffer that starts with the rest; and
+        ``time_extracted``, encoded, is the same for the records written within
+        :data:`EXTRACTED_AT_SECONDS` (reading and encoding the time for each one
+        cost as much as encoding the record).
         """
-        message: dict[str, t.Any] = {"type": "RECORD", "stream": stream}
-        message["record"] = record
-        if version is not None:
-            message["version"] = version
-        message["time_extracted"] = datetime.datetime.now(datetime.UTC)
-        line = serialize_jsonl(message)
+        line, start, middle = self._record_line.get((stream, version)) or (
+            self._new_record_line(stream, version)
+        )
+        encoder.encode_into(record, line, start)  # cuts the line after the record
+        line += middle
+        now = time.time()
+        if not 0 <= now - self._extracted_at < EXTRACTED_AT_SECONDS:
+            self._extracted_at = now
+            moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+            self._extracted = encoder.encode(moment) + b"}\n"
+        line += self._extracted
         out = self._output()
         try:
             if out is None:  # stdout replaced by a text stream (e.g. in tests)
@@ -90,6 +115,15 @@ class BufferedMsgSpecWriter(MsgSpecWriter):
                 out.write(line)
         except BrokenPipeError:
             raise TargetClosedPipeError from None
+
+    def _new_record_line(self, stream: str, version: int | None) -> _RecordLine:
+        """The buffer of ``stream``'s RECORD lines (up to its record), where the
+        record starts, and what goes between the record and ``time_extracted``."""
+        start = b'{"type":"RECORD","stream":' + encoder.encode(stream) + b',"record":'
+        middle = b"" if version is None else b',"version":' + encoder.encode(version)
+        entry = (bytearray(start), len(start), middle + b',"time_extracted":')
+        self._record_line[stream, version] = entry
+        return entry
 
     def _output(self) -> io.BufferedWriter | None:
         """The buffer over the process's stdout; None when ``sys.stdout`` is another."""

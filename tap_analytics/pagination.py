@@ -63,13 +63,6 @@ class Keyset:
         return (self.since, self.offset) < (other.since, other.offset)
 
 
-def visible_time(job: dict[str, t.Any]) -> datetime.datetime | None:
-    """A job's ``lastUpdatedAt``; None until it ends (pending: no key; running,
-    incomplete: null)."""
-    value = job.get("lastUpdatedAt")
-    return None if value is None else parse_timestamp(value)
-
-
 class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
     """``jobs`` in ``lastUpdatedAt`` order, each page continuing after the last job.
 
@@ -134,10 +127,16 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         self.reached_end_of_list = False
         self._passed_end = False
         self._instants: list[datetime.datetime] = []
-        #: How long the last page took to answer, and (read serially) to write:
-        #: the stream writes a page's records between parsing it and has_more.
-        self.request_seconds = 0.0
-        self.write_seconds = 0.0
+        #: The last page, for the thread that reads the list (window 0 is read by
+        #: one thread, serially): how long that thread waited for it (the time from
+        #: the previous page's end to this page's arrival, less the thread's own
+        #: CPU time in it), and how long it was busy with it (that CPU time: the
+        #: request, its decoding; then writing the page, which the stream does
+        #: between checked_jobs and has_more).
+        self.waited_seconds = 0.0
+        self.busy_seconds = 0.0
+        self._page_started = (time.monotonic(), time.thread_time())
+        self._request_cpu = 0.0
         self._parsed_at = 0.0
         # Called with the times of each page's jobs once the paginator knows
         # whether the list goes on: before the next page is requested, so it may
@@ -153,10 +152,19 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         """The page's new jobs in the window, once they continue the order."""
         received = records_in(json_body(response), "data")
         keyset = self.current_value
-        times = [visible_time(job) for job in received]
+        # Each job's visible time: its lastUpdatedAt, None until it ends (pending:
+        # no key; running, incomplete: null).
+        parse = parse_timestamp
+        times = [
+            None if (value := job.get("lastUpdatedAt")) is None else parse(value)
+            for job in received
+        ]
         self._check_order(received, times, keyset, response)
-        self.request_seconds = response.elapsed.total_seconds()
-        self._parsed_at = time.monotonic()
+        now, cpu = time.monotonic(), time.thread_time()
+        started, started_cpu = self._page_started
+        self._request_cpu = cpu - started_cpu
+        self.waited_seconds = now - started - self._request_cpu
+        self._parsed_at = now
         self._shifted = keyset.overlap and not (
             received and self._received(received[0])
         )
@@ -164,10 +172,11 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             self._page_end = Keyset(keyset.since, 0, self._page_size, reread=True)
             self._instants = []
             return []
+        tail = self._tail  # self._received(job), inline: for every job
         new = [
             (job, at)
             for job, at in zip(received, times, strict=True)
-            if not self._received(job)
+            if (entry := tail.get(job.get("jobId"))) is None or entry[1] != job
         ]
         self._page_full = len(received) >= keyset.limit
         self._page_end = self._keyset_after(new, times, keyset, len(received))
@@ -177,7 +186,8 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             if past:
                 self._passed_end = True
                 new = new[: past[0]]
-        self._instants = [at for _, at in new if at is not None]
+        if self._on_page is not None:  # its only reader
+            self._instants = [at for _, at in new if at is not None]
         return [job for job, _ in new]
 
     def _check_order(
@@ -213,8 +223,10 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         """The request after this page; the tail takes the page's new jobs."""
         tail = self._tail
         for job, at in new:
-            tail.pop(job.get("jobId"), None)  # an older version moved away
-            tail[job.get("jobId")] = (at, job)
+            key = job.get("jobId")
+            if key in tail:
+                del tail[key]  # an older version moved away
+            tail[key] = (at, job)
         since = keyset.since
         last = next((at for at in reversed(times) if at is not None), None)
         if last is not None and (since is None or last > since):
@@ -232,14 +244,19 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             since, counted = last, len(entries) - first_at_last
         else:
             counted = keyset.offset + received
-        for job, at in new:  # kept as received: the stream edits what it emits
-            if tail.get(job.get("jobId"), (None, None))[1] is job:
-                tail[job.get("jobId")] = (at, dict(job))
+        # Kept as received: the stream edits what it emits. The page's new jobs
+        # still in the tail are its last entries (added last, and cut from the
+        # front).
+        for key in list(tail)[len(tail) - min(len(new), len(tail)) :]:
+            at, job = tail[key]
+            tail[key] = (at, dict(job))
         limit = min(self._page_size + 1, MAX_LIMIT)
         return Keyset(since, max(counted - 1, 0), limit, overlap=counted > 0)
 
     def has_more(self, response: requests.Response) -> bool:
-        self.write_seconds = time.monotonic() - self._parsed_at
+        now = time.monotonic()
+        self.busy_seconds = self._request_cpu + now - self._parsed_at
+        self._page_started = (now, time.thread_time())
         if self._shifted:
             return True
         if self._passed_end:

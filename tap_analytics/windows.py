@@ -11,11 +11,12 @@ after another, so records, and the SDK's sorted-stream bookmark, still go in
 
 - **Window 0** is the unbounded list from the start, read by the main thread as
   a serial read would. It says where the jobs begin and how dense they are. After
-  :data:`WINDOW_PAGES` full pages, and only if its pages take longer to arrive
-  than to write, the rest of the range, up to
-  now, is split into windows of about :data:`WINDOW_PAGES` pages at that density;
-  the last window is open-ended. So a handful of pages, or a fast network, is read
-  request for request as with ``max_concurrent_requests: 1``.
+  :data:`WINDOW_PAGES` full pages, and only if every one of them was waited for
+  (at least :data:`MIN_WAIT_SECONDS`, and a good share of its time), the rest of
+  the range, up to now, is split into windows of about :data:`WINDOW_PAGES` pages
+  at that density; the last window is open-ended. So a handful of pages, or a
+  fast network (loopback), is read request for request as with
+  ``max_concurrent_requests: 1``.
 - **Large windows split again**: after each full page a window estimates its
   remaining pages from the pages it has read (:data:`MIN_SAMPLE_JOBS` jobs at
   least); beyond ``2 * WINDOW_PAGES`` it keeps the first part and hands the rest
@@ -67,6 +68,11 @@ WINDOW_PAGES = 8
 MAX_SPLIT = 256
 #: Jobs a density estimate needs at least (a few jobs' span says little).
 MIN_SAMPLE_JOBS = 100
+#: The wait for a page that makes windows worth it (see KeysetWindows._network_bound):
+#: each page's at least, and its share of each page's time at least. A window costs
+#: up to a page more than its WINDOW_PAGES, so a smaller share wins little.
+MIN_WAIT_SECONDS = 0.001
+MIN_WAIT_SHARE = 0.2
 
 
 @dataclass(eq=False)
@@ -78,9 +84,9 @@ class Window:
     next: Window | None = None
     first: datetime.datetime | None = None  # its first job's instant
     pages: int = 0  # full pages received
-    # window 0's pages: how long each took to arrive, and to write
-    request_seconds: list[float] = field(default_factory=list)
-    write_seconds: list[float] = field(default_factory=list)
+    # window 0's pages: how long the reader waited for each, and was busy with it
+    waited_seconds: list[float] = field(default_factory=list)
+    busy_seconds: list[float] = field(default_factory=list)
 
     @property
     def context(self) -> dict[str, str]:
@@ -136,7 +142,7 @@ class KeysetWindows:
                         if before.get(job.get("jobId")) == job:
                             continue
                         trailing[job.get("jobId")] = dict(job)  # the SDK edits it
-                    else:
+                    elif before or trailing:  # (not two new dicts per job)
                         before, trailing = {}, {}
                     yield job
                 pages = None
@@ -217,19 +223,24 @@ class KeysetWindows:
         """Whether window 0, read alone so far, should be split now.
 
         Not before :data:`WINDOW_PAGES` pages: a handful of pages is read as one
-        window, request for request as a serial read. And only when waiting for
-        pages is what takes the time, a page taking longer to arrive than to
-        write (medians, so one slow page decides nothing): else windows would only
-        add requests and thread switches (measured on v1-bulk, no latency: a third
-        more CPU, nothing gained). Both times grow alike on a busy machine.
+        window, request for request as a serial read. And only when each of the
+        last :data:`WINDOW_PAGES` pages was waited for (the reader idle, not busy
+        with the request or the records) at least :data:`MIN_WAIT_SECONDS`, and
+        for at least :data:`MIN_WAIT_SHARE` of the time it took: waiting is what
+        windows win back, and a wait on every page is the network's. Taking the
+        shortest wait, a busy moment of the machine or of the server decides
+        nothing: on loopback, pages wait a few tenths of a millisecond, and
+        windows would only add requests and threads (measured on v1-bulk: three
+        quarters more CPU, no time gained).
         """
         paginator = window.paginator
-        window.request_seconds.append(paginator.request_seconds)
-        window.write_seconds.append(paginator.write_seconds)
+        window.waited_seconds.append(paginator.waited_seconds)
+        window.busy_seconds.append(paginator.busy_seconds)
         if window.pages < WINDOW_PAGES:
             return False
-        waited = statistics.median(window.request_seconds[-WINDOW_PAGES:])
-        return waited > statistics.median(window.write_seconds[-WINDOW_PAGES:])
+        waited = min(window.waited_seconds[-WINDOW_PAGES:])
+        busy = statistics.median(window.busy_seconds[-WINDOW_PAGES:])
+        return waited >= MIN_WAIT_SECONDS and waited >= MIN_WAIT_SHARE * (waited + busy)
 
     def _split_points(
         self, window: Window, last: datetime.datetime

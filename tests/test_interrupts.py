@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tap_analytics.interrupts import RunInterrupted, held, raise_interrupted
 from tap_analytics.schema_contract import STATE_KEY
 from tap_analytics.timestamps import parse_timestamp
 from tests.tap_runner import (
@@ -62,6 +63,9 @@ class RunningTap:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A run that does not end in time is sent SIGABRT: its threads' stacks
+            # then go to stderr, for the failure to show (see interrupt).
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -100,6 +104,13 @@ class RunningTap:
         self.process.send_signal(signum)
         try:
             self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)
+            self.process.wait(timeout=10)
+            assert self.process.stderr is not None
+            stacks = self.process.stderr.read()[-6000:]
+            msg = f"still running 10 s after {signum!r}:\n{stacks}"
+            raise AssertionError(msg) from None
         finally:
             self.process.kill()
         ended = time.monotonic() - sent
@@ -335,3 +346,24 @@ def test_a_failed_batch_run_hands_over_what_it_wrote_and_exits_1(sandbox, tmp_pa
     assert len(output.keys("jobs", "jobId")) == 30 * 25
     assert output.messages[-1]["type"] == "BATCH"  # no STATE after the failure
     assert list((tmp_path / "batches").iterdir()) == []
+
+
+def test_an_interrupt_inside_held_waits_for_the_end_of_the_block():
+    # The step a held block guards (e.g. recording the opens read from inotify)
+    # runs to its end; the interrupt is raised then, not lost.
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    steps = []
+
+    def held_step() -> None:
+        with held():
+            raise_interrupted(signal.SIGTERM, lambda: None)  # what the handler runs
+            steps.append("the rest of the block")
+
+    try:
+        with pytest.raises(RunInterrupted) as raised:
+            held_step()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert steps == ["the rest of the block"]
+    assert raised.value.signum == signal.SIGTERM

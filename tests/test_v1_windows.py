@@ -17,8 +17,8 @@ SPLIT = "Split a window of jobs"
 
 def test_serial_and_windowed_runs_emit_the_same_records_and_bookmark(sandbox, caplog):
     # Skewed data, as real data is: 30,000 jobs over a year, then 3,000 of them
-    # moved within the hour above them. 10 ms per request: pages take longer to
-    # arrive than to write, so the default settings read in windows.
+    # moved within the hour above them. 10 ms per request: the tap waits for every
+    # page, so the default settings read in windows.
     server = sandbox(v1_jobs=30_000, latency_ms=10)
     server.move_jobs(3_000)
     serial = sync(v1_config(server, max_concurrent_requests=1))
