@@ -1,4 +1,4 @@
-"""No Markdown file of the repository points outside it, and its links resolve (issue 20).
+"""No Markdown file points outside the repository, and its links resolve (issue 20).
 
 A clone has only the repository: a link to ``../`` or to an absolute path works on
 one machine at best. So no Markdown file may contain ``../`` at all (in a link, in

@@ -42,7 +42,7 @@ RUN = (
 # variables the test sets (with a role, a database and a sandbox of its own).
 RUN_IN_E2E = (
     'export TAP_ANALYTICS_BASE_URL="$(cat sandbox.url)"',
-    "sudo -u postgres psql -c \"CREATE ROLE $TARGET_POSTGRES_USER LOGIN PASSWORD "
+    'sudo -u postgres psql -c "CREATE ROLE $TARGET_POSTGRES_USER LOGIN PASSWORD '
     "'$TARGET_POSTGRES_PASSWORD'\"",
     "bash scripts/meltano-setup.sh     # .venv-meltano with Meltano 4.4, then "
     "`meltano install`",
@@ -63,7 +63,8 @@ NOT_RUN = {
     '{"base_url": "https://api.example.com", "client_id": "…", "client_secret": "…",\n'
     ' "start_date": "2024-01-01T00:00:00Z"}\n'
     "EOF\n"
-    'echo \'{"base_url": "https://api.example.com", "api_key": "…"}\' > config-v3.json\n'
+    'echo \'{"base_url": "https://api.example.com", "api_key": "…"}\' '
+    "> config-v3.json\n"
     "tap-analytics --config config.json --discover > catalog.json\n"
     "tap-analytics --config config.json --catalog catalog.json | target-jsonl\n": (
         "the real API and target-jsonl"

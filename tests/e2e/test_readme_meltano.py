@@ -20,8 +20,8 @@ createdb themselves are the real ones. Every role and database made is dropped.
 One walk through the section, into three new roles and databases that block makes:
 
 1. the role-and-database block, then install and run both extractors: every table
-   holds exactly the sandbox's keys, and Meltano saved a state under each ID the
-   README names.
+   holds exactly the sandbox's keys (psql counts the jobs), and Meltano saved a state
+   under each ID docs/usage.md names.
 2. A plain ``meltano run`` into a second, empty database: state makes it load only the
    jobs at the bookmark (connections and workspaces are full table). The README's
    state block then lists the IDs, reloads every job with ``--full-refresh`` and clears
@@ -114,8 +114,8 @@ def readme_env(
         "TARGET_POSTGRES_DATABASE": database.dbname,
     }
     assert set(values) == readme_variables(), "the README's variables changed"
-    if database.port != DEFAULT_PG_PORT:  # the README relies on the loader's default
-        values["TARGET_POSTGRES_PORT"] = str(database.port)
+    if database.port != DEFAULT_PG_PORT:  # the README relies on the default port
+        values["TARGET_POSTGRES_PORT"] = values["PGPORT"] = str(database.port)
     return {**clean_env(), **values, **isolated(system_db), **admin.env()}
 
 
@@ -264,6 +264,7 @@ class Walkthrough:
     role: str
     first: Snapshot  # both extractors into the first database
     config_list: str
+    jobs_counted: str  # stdout of the block running both extractors (psql's count)
     ids_after_first: set[str]
     resumed: Snapshot  # plain run into the second, empty database
     state_list_output: str  # stdout of the README's state block
@@ -331,6 +332,7 @@ def walkthrough(
         role=databases[0].user,
         first=first_snapshot,
         config_list=listed.stdout + listed.stderr,
+        jobs_counted=listed.stdout,
         ids_after_first=ids_after_first,
         resumed=resumed,
         state_list_output=state_block.stdout,
@@ -353,6 +355,13 @@ def test_both_extractors_load_exactly_the_sandbox_rows(
     assert keys(walkthrough.first) == walkthrough.expected
     for table, got in walkthrough.first.items():
         assert got.distinct_keys == got.rows, f"{table}: duplicate keys"
+
+
+def test_run_block_counts_the_loaded_jobs(walkthrough: Walkthrough) -> None:
+    # psql's table: a header, a rule, the count, "(1 row)".
+    lines = [line.strip() for line in walkthrough.jobs_counted.splitlines()]
+    count = lines[lines.index("(1 row)") - 1]
+    assert count == str(len(walkthrough.expected["v1", "jobs"])) == "250"
 
 
 def test_config_list_block_redacts_secrets(walkthrough: Walkthrough) -> None:
