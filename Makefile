@@ -54,7 +54,7 @@ demo:
 	bash scripts/demo.sh
 
 # Tap vs a plain requests loop against the sandbox, and meltano run vs dlt into
-# PostgreSQL (installs dlt into .venv-dlt); see README "Performance".
+# PostgreSQL (installs dlt into .venv-dlt); see docs/performance.md.
 bench: install
 	$(BIN)/python scripts/bench.py --scenario all
 

@@ -102,3 +102,14 @@ def test_a_module_without_a_layer_fails_lint(tree):
     assert run.returncode == 1
     assert "tap_analytics.helpers" in run.stdout
     assert "not listed as layers" in run.stdout
+
+
+def test_the_architecture_page_quotes_the_contract_as_it_is():
+    # docs/architecture.md quotes pyproject.toml's [tool.importlinter] whole: a
+    # module added to a layer must show there too.
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    start = pyproject.index("[tool.importlinter]")
+    end = pyproject.find("\n[", pyproject.rindex("[[tool.importlinter.contracts]]"))
+    contract = pyproject[start : end if end > 0 else None].strip()
+    quoted = (ROOT / "docs" / "architecture.md").read_text()
+    assert f"```toml\n{contract}\n```" in quoted

@@ -1,19 +1,27 @@
-"""The README's Meltano and PostgreSQL examples work as written (issue 12).
+"""The Meltano and PostgreSQL examples of the README and docs/ work as written
+(issues 12, 20).
 
-The blocks are read from README.md by their first line (``RUN_IN_E2E`` in
+The blocks are read from README.md and docs/ by their first line (``RUN_IN_E2E`` in
 tests/test_readme.py, which fails on a block that is in no list) and run word for
 word with bash in the project root, in the environment the README tells the user to
 set: the variables its first Meltano block exports, with the sandbox's URL and
-credentials and a throwaway PostgreSQL role and database as values, and nothing else
-that configures Meltano or a plugin (its system database is a temporary file, so no
-state leaks in). The environment is Meltano's default, ``dev``, as the README's state
-ID says.
+credentials and a new PostgreSQL role and database as values, and nothing else that
+configures Meltano or a plugin (its system database is a temporary file, so no state
+leaks in). The environment is Meltano's default, ``dev``, as the README's state ID
+says.
 
-One walk through the section, into three new databases the README's ``createdb``
-block makes:
+The README's role-and-database block runs ``sudo -u postgres psql …`` and ``sudo -u
+postgres createdb …``, as a user does on a machine with PostgreSQL. Here ``sudo`` is
+a stand-in on the block's PATH that runs the command as the test server's superuser:
+as root, the ``postgres`` user (``runuser``, as scripts/pg-test-db.sh does); otherwise
+the test role over TCP, when it is a superuser (as in the CI service). psql and
+createdb themselves are the real ones. Every role and database made is dropped.
 
-1. ``createdb``, then install and run both extractors: every table holds exactly the
-   sandbox's keys, and Meltano saved a state under each ID the README names.
+One walk through the section, into three new roles and databases that block makes:
+
+1. the role-and-database block, then install and run both extractors: every table
+   holds exactly the sandbox's keys (psql counts the jobs), and Meltano saved a state
+   under each ID docs/usage.md names.
 2. A plain ``meltano run`` into a second, empty database: state makes it load only the
    jobs at the bookmark (connections and workspaces are full table). The README's
    state block then lists the IDs, reloads every job with ``--full-refresh`` and clears
@@ -27,11 +35,14 @@ block makes:
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -39,20 +50,30 @@ import pytest
 
 from tests.test_readme import RUN_IN_E2E, readme_blocks
 
-from .conftest import ROOT, SANDBOX_CONFIG, Meltano, PgDatabase, clean_env
+from .conftest import (
+    ROOT,
+    SANDBOX_CONFIG,
+    Meltano,
+    PgDatabase,
+    clean_env,
+    unavailable,
+)
 from .test_meltano_postgres import Snapshot, expected_keys, snapshot
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from pathlib import Path
+    from collections.abc import Callable, Iterator
 
     from tap_analytics.sandbox import SandboxServer
 
 pytestmark = pytest.mark.e2e
 
-ENVIRONMENT_BLOCK, CREATEDB_BLOCK, RUN_BOTH_BLOCK, STATE_BLOCK, SELECT_BLOCK = (
-    RUN_IN_E2E
-)
+(
+    ENVIRONMENT_BLOCK,
+    ROLE_AND_DATABASE_BLOCK,
+    RUN_BOTH_BLOCK,
+    STATE_BLOCK,
+    SELECT_BLOCK,
+) = RUN_IN_E2E
 DEFAULT_PG_PORT = 5432
 V1_STATE_ID = "dev:tap-analytics-to-target-postgres"
 V3_STATE_ID = "dev:tap-analytics-v3-to-target-postgres"
@@ -63,6 +84,10 @@ V3_SELECT = [
     "successful_jobs.*",
     "job_results.*",
 ]
+
+
+# `sudo`, for the README's role-and-database block: see its comment.
+SUDO_STAND_IN_DIR = Path(__file__).resolve().parent / "bin"
 
 
 def readme_block(first_line: str) -> str:
@@ -76,7 +101,7 @@ def readme_variables() -> set[str]:
 
 
 def readme_env(
-    sandbox: SandboxServer, database: PgDatabase, system_db: Path
+    sandbox: SandboxServer, database: PgDatabase, system_db: Path, admin: Admin
 ) -> dict[str, str]:
     values = {
         "TAP_ANALYTICS_BASE_URL": sandbox.base_url,
@@ -89,9 +114,9 @@ def readme_env(
         "TARGET_POSTGRES_DATABASE": database.dbname,
     }
     assert set(values) == readme_variables(), "the README's variables changed"
-    if database.port != DEFAULT_PG_PORT:  # the README relies on the loader's default
-        values["TARGET_POSTGRES_PORT"] = str(database.port)
-    return {**clean_env(), **values, **isolated(system_db)}
+    if database.port != DEFAULT_PG_PORT:  # the README relies on the default port
+        values["TARGET_POSTGRES_PORT"] = values["PGPORT"] = str(database.port)
+    return {**clean_env(), **values, **isolated(system_db), **admin.env()}
 
 
 def isolated(system_db: Path) -> dict[str, str]:
@@ -137,12 +162,91 @@ def bookmark(meltano: Meltano, env: dict[str, str]) -> str:
     return value
 
 
-def database_exists(database: PgDatabase) -> bool:
-    with psycopg.connect(**{**database.conninfo(), "dbname": "postgres"}) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_database WHERE datname = %s", (database.dbname,)
-        ).fetchone()
-    return row is not None and row[0] == 1
+def connect_postgres(server: PgDatabase) -> psycopg.Connection[Any]:
+    return psycopg.connect(**{**server.conninfo(), "dbname": "postgres"})
+
+
+@dataclass(frozen=True)
+class Admin:
+    """The test server's superuser, behind the ``sudo`` stand-in at ``bin_dir``."""
+
+    server: PgDatabase  # the test role: host, port and its own credentials
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": f"{SUDO_STAND_IN_DIR}{os.pathsep}{clean_env()['PATH']}",
+            "ADMIN_PGHOST": self.server.host,
+            "ADMIN_PGPORT": str(self.server.port),
+            "ADMIN_PGUSER": self.server.user,
+            "ADMIN_PGPASSWORD": self.server.password,
+        }
+
+    def psql(self, command: str) -> None:
+        subprocess.run(
+            ["sudo", "-u", "postgres", "psql", "-X", "-q", "-c", command],
+            env={**clean_env(), **self.env()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+    def owner_of(self, database: PgDatabase) -> str | None:
+        """The owner of ``database``, or None when there is no such database."""
+        with connect_postgres(self.server) as conn:
+            row = conn.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                (database.dbname,),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def can_login(self, role: str) -> bool:
+        with connect_postgres(self.server) as conn:
+            row = conn.execute(
+                "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)
+            ).fetchone()
+        return row is not None and bool(row[0])
+
+
+@pytest.fixture(scope="module")
+def admin(new_pg_database: Callable[[], PgDatabase]) -> Admin:
+    server = new_pg_database()  # a name only: connection info of the test role
+    if os.geteuid() != 0:
+        with connect_postgres(server) as conn:
+            row = conn.execute(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+        if not (row and row[0]):
+            unavailable(f"creating roles needs root or a superuser, not {server.user}")
+    return Admin(server)
+
+
+@pytest.fixture(scope="module")
+def new_owned_database(
+    admin: Admin, new_pg_database: Callable[[], PgDatabase]
+) -> Iterator[Callable[[], PgDatabase]]:
+    """Connection info of a role and a database that do not exist yet (the README's
+    block creates them); both are dropped at teardown."""
+    made: list[PgDatabase] = []
+
+    def make() -> PgDatabase:
+        name = new_pg_database().dbname
+        made.append(
+            replace(
+                admin.server,
+                dbname=name,
+                user=f"{name}_owner",
+                password=uuid.uuid4().hex,
+            )
+        )
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for database in made:
+            admin.psql(f'DROP DATABASE IF EXISTS "{database.dbname}" WITH (FORCE)')
+            admin.psql(f'DROP ROLE IF EXISTS "{database.user}"')
 
 
 def keys(tables: Snapshot) -> dict[tuple[str, str], frozenset[str]]:
@@ -153,10 +257,14 @@ def keys(tables: Snapshot) -> dict[tuple[str, str], frozenset[str]]:
 class Walkthrough:
     expected: dict[tuple[str, str], frozenset[str]]
     jobs_at_first_bookmark: frozenset[str]
-    created_before: bool  # the first database existed before the createdb block
-    created: bool
+    owner_before: str | None  # the first database's owner before the README's block
+    could_login_before: bool  # its role
+    owner: str | None  # after the block
+    could_login: bool
+    role: str
     first: Snapshot  # both extractors into the first database
     config_list: str
+    jobs_counted: str  # stdout of the block running both extractors (psql's count)
     ids_after_first: set[str]
     resumed: Snapshot  # plain run into the second, empty database
     state_list_output: str  # stdout of the README's state block
@@ -169,29 +277,34 @@ class Walkthrough:
 def walkthrough(
     meltano: Meltano,
     e2e_sandbox: SandboxServer,
-    new_pg_database: Callable[[], PgDatabase],
+    admin: Admin,
+    new_owned_database: Callable[[], PgDatabase],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Walkthrough:
     system_db = tmp_path_factory.mktemp("meltano-readme") / "meltano.db"
-    databases = [new_pg_database() for _ in range(3)]
-    first, second, third = (readme_env(e2e_sandbox, db, system_db) for db in databases)
+    databases = [new_owned_database() for _ in range(3)]
+    first, second, third = (
+        readme_env(e2e_sandbox, db, system_db, admin) for db in databases
+    )
 
-    created_before = database_exists(databases[0])
-    run_block(CREATEDB_BLOCK, first)
-    created = database_exists(databases[0])
+    owner_before = admin.owner_of(databases[0])
+    could_login_before = admin.can_login(databases[0].user)
+    run_block(ROLE_AND_DATABASE_BLOCK, first)
+    owner = admin.owner_of(databases[0])
+    could_login = admin.can_login(databases[0].user)
     listed = run_block(RUN_BOTH_BLOCK, first)
     first_snapshot = snapshot(databases[0])
     ids_after_first = state_ids(meltano, first)
     mark = datetime.fromisoformat(bookmark(meltano, first))
 
-    run_block(CREATEDB_BLOCK, second)
+    run_block(ROLE_AND_DATABASE_BLOCK, second)
     meltano.check("run", "tap-analytics", "target-postgres", env=second)
     resumed = snapshot(databases[1])
     state_block = run_block(STATE_BLOCK, second)
     refreshed = snapshot(databases[1])
     ids_after_clear = state_ids(meltano, second)
 
-    run_block(CREATEDB_BLOCK, third)
+    run_block(ROLE_AND_DATABASE_BLOCK, third)
     run_block(SELECT_BLOCK, third)
     # Exported this time, not only for one command: still v1's alone.
     exported = {**third, "TAP_ANALYTICS__SELECT": '["jobs.*"]'}
@@ -212,10 +325,14 @@ def walkthrough(
             for job, at in e2e_sandbox.update_times().items()
             if at >= mark.timestamp() * 1_000_000
         ),
-        created_before=created_before,
-        created=created,
+        owner_before=owner_before,
+        could_login_before=could_login_before,
+        owner=owner,
+        could_login=could_login,
+        role=databases[0].user,
         first=first_snapshot,
         config_list=listed.stdout + listed.stderr,
+        jobs_counted=listed.stdout,
         ids_after_first=ids_after_first,
         resumed=resumed,
         state_list_output=state_block.stdout,
@@ -225,9 +342,11 @@ def walkthrough(
     )
 
 
-def test_createdb_block_creates_the_database(walkthrough: Walkthrough) -> None:
-    assert not walkthrough.created_before
-    assert walkthrough.created
+def test_role_and_database_block_creates_both(walkthrough: Walkthrough) -> None:
+    assert walkthrough.owner_before is None
+    assert not walkthrough.could_login_before
+    assert walkthrough.could_login  # and it logged in: the tables below are its own
+    assert walkthrough.owner == walkthrough.role
 
 
 def test_both_extractors_load_exactly_the_sandbox_rows(
@@ -236,6 +355,13 @@ def test_both_extractors_load_exactly_the_sandbox_rows(
     assert keys(walkthrough.first) == walkthrough.expected
     for table, got in walkthrough.first.items():
         assert got.distinct_keys == got.rows, f"{table}: duplicate keys"
+
+
+def test_run_block_counts_the_loaded_jobs(walkthrough: Walkthrough) -> None:
+    # psql's table: a header, a rule, the count, "(1 row)".
+    lines = [line.strip() for line in walkthrough.jobs_counted.splitlines()]
+    count = lines[lines.index("(1 row)") - 1]
+    assert count == str(len(walkthrough.expected["v1", "jobs"])) == "250"
 
 
 def test_config_list_block_redacts_secrets(walkthrough: Walkthrough) -> None:
