@@ -20,7 +20,9 @@ only where the API contract (``../shared/spec/API.md``) forces it:
 - **``next``**: the real server's ``next`` is an absolute URL that keeps ``limit``
   and ``offset``, not a cursor to send back as ``?next=``: connections and
   workspaces follow it (``json_link``), and ask ``limit=100`` on the first page
-  (the server's default is 20; the link keeps it).
+  (the server's default is 20; the link keeps it). The link is ``""`` on the empty
+  page that ends the list, and dlt's ``json_link`` stops only at a missing or null
+  one: :class:`NextLink` reads ``""`` as the end too.
 - **``jobs``** keep the document's offset paging with ``limit`` 100 (the real
   server's maximum); there is no ``total`` in the body, so paging stops at the
   first empty page (``total_path: None``).
@@ -33,10 +35,27 @@ import sys
 import tempfile
 
 import dlt  # type: ignore[import-not-found]
+from dlt.sources.helpers.rest_client.paginators import (  # type: ignore[import-not-found]
+    JSONLinkPaginator,
+)
 from dlt.sources.rest_api import rest_api_source  # type: ignore[import-not-found]
 
 CLIENT_ID = "sandbox-client"
 CLIENT_SECRET = "sandbox-secret"
+
+
+class NextLink(JSONLinkPaginator):
+    """dlt's ``json_link`` on ``next``, with ``""`` (the empty last page) as the end."""
+
+    _next_reference: str | None  # dlt's property (an annotation, no value)
+
+    def __init__(self) -> None:
+        super().__init__(next_url_path="next")
+
+    def update_state(self, response: object, data: object = None) -> None:
+        super().update_state(response, data)
+        if not self._next_reference:
+            self._next_reference = None
 
 
 def source(base_url: str) -> object:
@@ -74,7 +93,7 @@ def source(base_url: str) -> object:
                         "path": "/v1/connections",
                         "params": {"limit": 100},
                         "data_selector": "data",
-                        "paginator": {"type": "json_link", "next_url_path": "next"},
+                        "paginator": NextLink(),
                     },
                 },
                 {
@@ -84,7 +103,7 @@ def source(base_url: str) -> object:
                         "path": "/v1/workspaces",
                         "params": {"limit": 100},
                         "data_selector": "data",
-                        "paginator": {"type": "json_link", "next_url_path": "next"},
+                        "paginator": NextLink(),
                     },
                 },
             ],
