@@ -10,6 +10,11 @@ from functools import cached_property
 
 from singer_sdk import Tap
 from singer_sdk.authenticators import APIKeyAuthenticator
+from singer_sdk.configuration._dict_config import merge_missing_config_jsonschema
+from singer_sdk.helpers.capabilities import (
+    EMIT_ACTIVATE_VERSION_CONFIG,
+    TapCapabilities,
+)
 from singer_sdk.singerlib import StateMessage
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
@@ -49,6 +54,17 @@ class TapAnalytics(Tap):
     message_writer_class = BufferedMsgSpecWriter
 
     config_jsonschema = CONFIG_SCHEMA
+
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict[str, t.Any]) -> None:
+        # The SDK advertises activate-version and its streams read
+        # emit_activate_version_messages, but its builtin settings leave it out:
+        # --about did not list it and the unknown-setting check called it ignored.
+        super().append_builtin_config(config_jsonschema)
+        if TapCapabilities.ACTIVATE_VERSION in cls.capabilities:
+            merge_missing_config_jsonschema(
+                EMIT_ACTIVATE_VERSION_CONFIG, config_jsonschema
+            )
 
     @property
     def _env_var_config(self) -> dict[str, t.Any]:

@@ -73,11 +73,25 @@ def test_the_sdk_settings_are_known():
         "flattening_max_key_length": 60,
         "flattening_separator": "__",
         "batch_config": {},
+        "emit_activate_version_messages": True,
     }
     assert unknown_settings(config, schema) == []
     assert unknown_settings({**config, "start_dat": "x"}, schema) == [
         "unknown setting 'start_dat' is ignored; did you mean 'start_date'?"
     ]
+
+
+def test_emit_activate_version_messages_is_a_known_setting(sandbox, tmp_path):
+    # The SDK reads it and --about advertises activate-version: it is no
+    # unknown setting, and it does what it says on the full-table streams.
+    server = sandbox()
+    config = v1_config(server, emit_activate_version_messages=True)
+    run = run_cli(config=config, tmp_path=tmp_path)
+    assert run.returncode == 0, run.last_stderr_line
+    assert log_messages(run.stderr, "WARNING") == []
+    messages = [json.loads(line) for line in run.stdout.splitlines()]
+    activated = [m["stream"] for m in messages if m["type"] == "ACTIVATE_VERSION"]
+    assert sorted(set(activated)) == ["connections", "workspaces"]
 
 
 def state_cases(path):
