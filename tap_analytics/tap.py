@@ -18,7 +18,7 @@ from singer_sdk.helpers.capabilities import (
 from singer_sdk.singerlib import StateMessage
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
-from tap_analytics.batches import BatchOutput, BatchSettings
+from tap_analytics.batches import BatchOutput, BatchSettings, batch_config_schema
 from tap_analytics.concurrency import Prefetcher
 from tap_analytics.errors import ConfigError, StateError
 from tap_analytics.inputs import checked_json_file, read_json_object, state_problem
@@ -60,11 +60,16 @@ class TapAnalytics(Tap):
         # The SDK advertises activate-version and its streams read
         # emit_activate_version_messages, but its builtin settings leave it out:
         # --about did not list it and the unknown-setting check called it ignored.
+        # And batch_config is this tap's own BATCH path (tap_analytics.batches),
+        # which reads batch_size and refuses what the SDK's schema offers beyond.
         super().append_builtin_config(config_jsonschema)
         if TapCapabilities.ACTIVATE_VERSION in cls.capabilities:
             merge_missing_config_jsonschema(
                 EMIT_ACTIVATE_VERSION_CONFIG, config_jsonschema
             )
+        properties = config_jsonschema["properties"]
+        if "batch_config" in properties:
+            properties["batch_config"] = batch_config_schema(properties["batch_config"])
 
     @property
     def _env_var_config(self) -> dict[str, t.Any]:
