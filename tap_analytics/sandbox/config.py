@@ -47,7 +47,7 @@ class SandboxConfig:
     fault_retry_after: str = "0"
     max_consecutive_faults: int = 2
     scripted_faults: list[dict[str, Any]] = field(default_factory=list)
-    token_ttl: int = 3600
+    token_ttl: int = 900  # the real server's (API.md "The real server")
     loop_cursor: LoopStream | None = None
     html_paths: list[str] = field(default_factory=list)
     latency_ms: int = 0
