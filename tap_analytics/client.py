@@ -231,6 +231,12 @@ class AnalyticsStream(RESTStream[t.Any]):
         except requests.exceptions.SSLError as exc:
             raise_if_untrusted(exc)
             raise
+        except requests.RequestException as exc:
+            # Raised while reading the body (ChunkedEncodingError), it names no
+            # request; the one-line failure names the URL.
+            if exc.request is None:
+                exc.request = prepared_request
+            raise
         except TokenRejectedError:
             auth = t.cast("ClientCredentialsAuthenticator", self.authenticator)
             self.logger.info("Access token rejected; requesting a new one")
