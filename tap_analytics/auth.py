@@ -19,9 +19,9 @@ from singer_sdk.exceptions import RetriableAPIError
 
 from tap_analytics.errors import (
     TapAnalyticsError,
-    connection_problem,
     describe_failure,
     raise_if_untrusted,
+    request_failure,
 )
 from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
 from tap_analytics.transport import mount_rate_limited
@@ -193,7 +193,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
             return self._post_with_retries(json_body=json_body)
         except requests.RequestException as exc:
             msg = (
-                f"cannot reach token_url {self._token_url}: "
-                f"{connection_problem(exc)} (gave up after {MAX_ATTEMPTS} attempts)"
+                f"{request_failure(f'token_url {self._token_url}', exc)} "
+                f"(gave up after {MAX_ATTEMPTS} attempts)"
             )
             raise TokenRequestError(msg) from exc

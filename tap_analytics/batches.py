@@ -36,6 +36,7 @@ read BATCH messages (or has died): the run fails with one line naming
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import errno
 import io
@@ -77,6 +78,28 @@ _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
 
 class BatchNotReadError(TapAnalyticsError):
     """The target opened no batch file for too long: it does not read BATCH."""
+
+
+def batch_config_schema(sdk_schema: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """The SDK's ``batch_config`` schema, saying what :class:`BatchSettings` reads
+    and refuses: ``batch_size``, which the SDK reads but does not declare, and
+    the one format and compression taken."""
+    schema = copy.deepcopy(dict(sdk_schema))
+    properties = schema.setdefault("properties", {})
+    properties["batch_size"] = {
+        "type": ["integer", "null"],
+        "default": DEFAULT_BATCH_SIZE,
+        "title": "Batch Size",
+        "description": "Records per batch file; a STATE follows each file.",
+    }
+    encoding = properties.get("encoding", {}).get("properties", {})
+    if "format" in encoding:
+        encoding["format"]["description"] = "jsonl (parquet is refused)."
+    if "compression" in encoding:
+        encoding["compression"]["description"] = (
+            "none (gzip is refused: batch files never leave this machine)."
+        )
+    return schema
 
 
 @dataclass(frozen=True)

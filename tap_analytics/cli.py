@@ -19,7 +19,7 @@ from tap_analytics.concurrency import Prefetcher
 from tap_analytics.errors import (
     TapAnalyticsError,
     TargetClosedPipeError,
-    connection_problem,
+    request_failure,
 )
 from tap_analytics.interrupts import RunInterrupted
 from tap_analytics.output import BufferedMsgSpecWriter
@@ -45,7 +45,7 @@ def failure_message(exc: BaseException) -> str | None:
     if isinstance(exc, requests.RequestException):
         url = safe_url(exc.request.url) if exc.request and exc.request.url else "?"
         return (
-            f"cannot reach GET {url}: {connection_problem(exc)} "
+            f"{request_failure(f'GET {url}', exc)} "
             f"(gave up after {MAX_ATTEMPTS} attempts)"
         )
     return None

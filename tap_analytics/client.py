@@ -175,28 +175,34 @@ class AnalyticsStream(RESTStream[t.Any]):
         """Send a cursor back the way the API handed it out.
 
         An opaque token goes in ``?next=`` (URL-encoded by the SDK, since tokens
-        carry ``=``, ``+`` and ``/``); an absolute URL is followed as is, without
-        re-adding the first page's parameters.
+        carry ``=``, ``+`` and ``/``); an absolute URL by :meth:`follow_next_url`,
+        without re-adding the first page's parameters.
         """
         request = super().get_http_request(page=page)
         cursor = page.next_page_token
         if isinstance(cursor, str):
             if is_absolute_url(cursor):
-                request.url = self._same_origin(cursor)
-                request.params = {}
+                self.follow_next_url(request, cursor)
             else:
                 request.params["next"] = cursor
         return request
 
-    def _same_origin(self, url: str) -> str:
-        # Following a next-page link to another host would hand it our credentials.
-        if urlsplit(url).netloc != urlsplit(self.url_base).netloc:
+    def follow_next_url(self, request: HTTPRequest, url: str) -> None:
+        """Point ``request`` at an absolute next-page ``url``, as is.
+
+        Only on base_url's own scheme, host and port: another host would get our
+        credentials, and plain http would send them unencrypted.
+        """
+        link, base = urlsplit(url), urlsplit(self.url_base)
+        if (link.scheme, link.netloc) != (base.scheme, base.netloc):
             msg = (
                 f"stream '{self.name}': refusing to follow a next-page URL on "
-                f"another host ({safe_url(url)}); base_url is {self.url_base}"
+                f"another scheme or host ({safe_url(url)}); base_url is "
+                f"{safe_url(self.url_base)}"
             )
             raise APIResponseError(msg)
-        return url
+        request.url = url
+        request.params = {}
 
     def validate_response(self, response: requests.Response) -> None:
         """Classify a response by API.md's rules (the SDK retries every 5xx)."""
@@ -224,6 +230,12 @@ class AnalyticsStream(RESTStream[t.Any]):
             return super()._request(prepared_request, context)
         except requests.exceptions.SSLError as exc:
             raise_if_untrusted(exc)
+            raise
+        except requests.RequestException as exc:
+            # Raised while reading the body (ChunkedEncodingError), it names no
+            # request; the one-line failure names the URL.
+            if exc.request is None:
+                exc.request = prepared_request
             raise
         except TokenRejectedError:
             auth = t.cast("ClientCredentialsAuthenticator", self.authenticator)

@@ -107,13 +107,23 @@ def describe_failure(response: requests.Response) -> str:
     return text
 
 
-def connection_problem(exc: BaseException) -> str:
-    """``timed out``, a failed TLS handshake or a refused connection."""
+def request_failure(what: str, exc: requests.RequestException) -> str:
+    """Why the request for ``what`` (``GET <url>``) got no answer, on one line.
+
+    A timeout, a failed TLS handshake or a refused connection; any other failure
+    of ``requests`` (a body cut short: ``ChunkedEncodingError``) reached the
+    host, so it is named by its class instead of called unreachable.
+    """
     if isinstance(exc, requests.Timeout):
-        return "timed out"
+        return f"cannot reach {what}: timed out"
     if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS handshake failed (does the server speak https on that port?)"
-    return "connection refused or host unreachable"
+        return (
+            f"cannot reach {what}: TLS handshake failed (does the server speak "
+            "https on that port?)"
+        )
+    if isinstance(exc, requests.ConnectionError):
+        return f"cannot reach {what}: connection refused or host unreachable"
+    return f"{what} failed: {type(exc).__name__}"
 
 
 def one_line(text: str, limit: int = 200) -> str:

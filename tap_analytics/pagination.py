@@ -56,11 +56,15 @@ class Keyset:
         return f"{since} (offset {self.offset})"
 
     def precedes(self, other: Keyset) -> bool:
+        """Whether ``other`` reads further: from a later ``since``, or further
+        into the same list. By the end of the page, not its start: pages of one
+        job step from ``(since, 0, limit 1)`` to ``(since, 0, limit 2)``."""
+        end, other_end = self.offset + self.limit, other.offset + other.limit
         if self.since is None or other.since is None:
             if self.since is None and other.since is None:
-                return self.offset < other.offset
+                return end < other_end
             return self.since is None
-        return (self.since, self.offset) < (other.since, other.offset)
+        return (self.since, end) < (other.since, other_end)
 
 
 class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
@@ -169,7 +173,10 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             received and self._received(received[0])
         )
         if self._shifted:  # read `since` again; nothing of this page is emitted
-            self._page_end = Keyset(keyset.since, 0, self._page_size, reread=True)
+            # One job more than a page, as every later page: the first job at
+            # `since` was received, and a page of one would hold only that job.
+            limit = min(self._page_size + 1, MAX_LIMIT)
+            self._page_end = Keyset(keyset.since, 0, limit, reread=True)
             self._instants = []
             return []
         tail = self._tail  # self._received(job), inline: for every job

@@ -58,6 +58,16 @@ def retry_after_seconds(response: requests.Response | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
+def policy_wait(factor: float, retry: int) -> float:
+    """The policy's wait before the ``retry``-th retry (from 1), without jitter."""
+    return factor * 2 ** (retry - 1)
+
+
+def longest_policy_wait(factor: float) -> float:
+    """The policy's wait before its last retry: the longest it ever computes."""
+    return policy_wait(factor, MAX_ATTEMPTS - 1)
+
+
 def backoff_waits(factor: float) -> Generator[float, BaseException | None, None]:
     """Wait generator for ``backoff.on_exception``: it sends in each failure.
 
@@ -70,5 +80,5 @@ def backoff_waits(factor: float) -> Generator[float, BaseException | None, None]
         retry += 1
         response = failure.response if isinstance(failure, RetriableAPIError) else None
         hinted = retry_after_seconds(response)
-        computed = factor * 2 ** (retry - 1) * (1 + random.uniform(0, JITTER))
+        computed = policy_wait(factor, retry) * (1 + random.uniform(0, JITTER))
         failure = yield computed if hinted is None else hinted

@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import typing as t
 from functools import cached_property
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -27,6 +28,7 @@ if t.TYPE_CHECKING:
 
     from singer_sdk.helpers.types import Context
     from singer_sdk.pagination import BaseAPIPaginator
+    from singer_sdk.streams.rest import HTTPRequest
 
 Record = dict[str, t.Any]
 
@@ -187,6 +189,13 @@ class V1CursorStream(AnalyticsStream):
 
     def get_new_paginator(self) -> BaseAPIPaginator[str | None]:
         return V1ListPaginator(self.name)
+
+    def follow_next_url(self, request: HTTPRequest, url: str) -> None:
+        # The real server's `next` keeps only `limit` and `offset` (API.md "The
+        # real server"), and a self-hosted one writes its internal host into it
+        # (http://airbyte-airbyte-server-svc:8001/...): the next page is this
+        # stream's path on base_url with that query, so credentials go nowhere else.
+        request.params = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
 
 
 class V1ConnectionsStream(V1CursorStream):

@@ -10,10 +10,15 @@ from functools import cached_property
 
 from singer_sdk import Tap
 from singer_sdk.authenticators import APIKeyAuthenticator
+from singer_sdk.configuration._dict_config import merge_missing_config_jsonschema
+from singer_sdk.helpers.capabilities import (
+    EMIT_ACTIVATE_VERSION_CONFIG,
+    TapCapabilities,
+)
 from singer_sdk.singerlib import StateMessage
 
 from tap_analytics.auth import ClientCredentialsAuthenticator
-from tap_analytics.batches import BatchOutput, BatchSettings
+from tap_analytics.batches import BatchOutput, BatchSettings, batch_config_schema
 from tap_analytics.concurrency import Prefetcher
 from tap_analytics.errors import ConfigError, StateError
 from tap_analytics.inputs import checked_json_file, read_json_object, state_problem
@@ -49,6 +54,22 @@ class TapAnalytics(Tap):
     message_writer_class = BufferedMsgSpecWriter
 
     config_jsonschema = CONFIG_SCHEMA
+
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict[str, t.Any]) -> None:
+        # The SDK advertises activate-version and its streams read
+        # emit_activate_version_messages, but its builtin settings leave it out:
+        # --about did not list it and the unknown-setting check called it ignored.
+        # And batch_config is this tap's own BATCH path (tap_analytics.batches),
+        # which reads batch_size and refuses what the SDK's schema offers beyond.
+        super().append_builtin_config(config_jsonschema)
+        if TapCapabilities.ACTIVATE_VERSION in cls.capabilities:
+            merge_missing_config_jsonschema(
+                EMIT_ACTIVATE_VERSION_CONFIG, config_jsonschema
+            )
+        properties = config_jsonschema["properties"]
+        if "batch_config" in properties:
+            properties["batch_config"] = batch_config_schema(properties["batch_config"])
 
     @property
     def _env_var_config(self) -> dict[str, t.Any]:

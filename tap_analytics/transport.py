@@ -19,7 +19,12 @@ import typing as t
 
 from requests.adapters import HTTPAdapter
 
-from tap_analytics.retry import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
+from tap_analytics.retry import (
+    MAX_RETRY_AFTER_SECONDS,
+    longest_policy_wait,
+    policy_wait,
+    retry_after_seconds,
+)
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,8 +44,11 @@ class RateLimiter:
     A 429 with neither ``Retry-After`` nor rate headers is the real server shedding
     load (API.md "The real server"): every thread waits the retry policy's wait,
     ``backoff_factor * 2**(n-1)`` seconds after the n-th such answer in a row
-    (any thread's; a success starts the count again). The thread that got it
-    also retries as the policy says.
+    (any thread's; a success starts the count again), at most the policy's
+    longest wait. Only a request sent after the current pause began counts: the
+    requests already on their way were shed by the same overload, and counting
+    each of them made 8 threads shed at once pause every thread for 2 minutes.
+    The thread that got it also retries as the policy says.
     """
 
     def __init__(
@@ -53,6 +61,8 @@ class RateLimiter:
         self._backoff_factor = backoff_factor
         self._on_request = on_request
         self._sheds = 0  # 429s without a word on when to retry, in a row
+        # Requests numbered up to this were sent before the current shed pause.
+        self._sent_before_shed_pause = 0
         self._lock = threading.Lock()
         self._next_slot = 0.0  # monotonic time of the next request (per_second)
         self._paused_until = 0.0  # after a 429 with Retry-After
@@ -97,11 +107,14 @@ class RateLimiter:
             return  # nothing to learn: most responses, no lock taken
         now = time.monotonic()
         with self._lock:
-            if shed:
+            if shed and number > self._sent_before_shed_pause:
                 self._sheds += 1
-                wait = self._backoff_factor * 2 ** (self._sheds - 1)
-                wait = min(wait, MAX_RETRY_AFTER_SECONDS)
+                wait = min(
+                    policy_wait(self._backoff_factor, self._sheds),
+                    longest_policy_wait(self._backoff_factor),
+                )
                 self._paused_until = max(self._paused_until, now + wait)
+                self._sent_before_shed_pause = self._sent
             elif response.status_code < 400:
                 self._sheds = 0
             if remaining is not None and reset is not None:

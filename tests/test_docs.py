@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
+from tap_analytics.batches import DEFAULT_BATCH_SIZE
 from tap_analytics.tap import TapAnalytics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,3 +71,33 @@ def test_each_extractor_selects_its_own_streams():
     for name, config in credentials.items():
         streams = TapAnalytics(config=config).streams
         assert sorted(extractors[name]["select"]) == sorted(f"{s}.*" for s in streams)
+
+
+def test_about_says_what_batch_config_reads_and_refuses():
+    # The README documents batch_size (default 10,000) and that gzip is refused;
+    # --about, the settings reference Meltano shows, says the same.
+    about = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "tap-analytics"),
+            "--about",
+            "--format=json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    batch = json.loads(about.stdout)["settings"]["properties"]["batch_config"]
+    size = batch["properties"]["batch_size"]
+    assert size["default"] == DEFAULT_BATCH_SIZE == 10_000
+    compression = batch["properties"]["encoding"]["properties"]["compression"]
+    assert "gzip is refused" in compression["description"]
+    assert "none" in compression["enum"]
+
+
+def test_meltano_yml_declares_the_sdk_settings_the_readme_lists():
+    project = yaml.safe_load((ROOT / "meltano.yml").read_text())
+    extractor = next(
+        p for p in project["plugins"]["extractors"] if p["name"] == "tap-analytics"
+    )
+    declared = {s["name"] for s in extractor["settings"]}
+    assert declared == tap_settings()

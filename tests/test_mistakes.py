@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import socketserver
+import threading
 
 import pytest
 from singer_sdk.exceptions import InvalidStreamSortException
@@ -73,11 +75,25 @@ def test_the_sdk_settings_are_known():
         "flattening_max_key_length": 60,
         "flattening_separator": "__",
         "batch_config": {},
+        "emit_activate_version_messages": True,
     }
     assert unknown_settings(config, schema) == []
     assert unknown_settings({**config, "start_dat": "x"}, schema) == [
         "unknown setting 'start_dat' is ignored; did you mean 'start_date'?"
     ]
+
+
+def test_emit_activate_version_messages_is_a_known_setting(sandbox, tmp_path):
+    # The SDK reads it and --about advertises activate-version: it is no
+    # unknown setting, and it does what it says on the full-table streams.
+    server = sandbox()
+    config = v1_config(server, emit_activate_version_messages=True)
+    run = run_cli(config=config, tmp_path=tmp_path)
+    assert run.returncode == 0, run.last_stderr_line
+    assert log_messages(run.stderr, "WARNING") == []
+    messages = [json.loads(line) for line in run.stdout.splitlines()]
+    activated = [m["stream"] for m in messages if m["type"] == "ACTIVATE_VERSION"]
+    assert sorted(set(activated)) == ["connections", "workspaces"]
 
 
 def state_cases(path):
@@ -226,4 +242,33 @@ def test_records_out_of_order_are_reported_as_such():
     error = InvalidStreamSortException("Latest value 'a' is smaller than 'b'.")
     assert failure_message(error) == (
         "records out of replication-key order: Latest value 'a' is smaller than 'b'."
+    )
+
+
+class _CutShortHandler(socketserver.StreamRequestHandler):
+    """Answers every request with a chunked body that ends mid-chunk."""
+
+    def handle(self) -> None:
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass  # the request's head
+        self.wfile.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n40\r\n{"data": ['
+        )
+
+
+def test_a_response_cut_short_is_named_not_called_unreachable(tmp_path):
+    # The server answered, then its body ended early (requests'
+    # ChunkedEncodingError, retried as the policy says): the host was reached, so
+    # the line names what went wrong instead of "connection refused".
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CutShortHandler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        config = {"base_url": base_url, "api_key": "k", "retry_backoff_factor": 0}
+        run = run_cli(config=config, tmp_path=tmp_path)
+        server.shutdown()
+    assert run.returncode == 1
+    assert run.last_stderr_line == (
+        f"tap-analytics: error: GET {base_url}/v3/workflows failed: "
+        "ChunkedEncodingError (gave up after 4 attempts)"
     )

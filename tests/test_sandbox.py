@@ -120,6 +120,14 @@ def test_token_accepts_form_json_and_basic_credentials(sandbox):
     assert [r["auth"] for r in server.requests] == ["none", "none", "basic"]
 
 
+def test_tokens_live_as_long_as_the_real_servers_by_default(sandbox):
+    # API.md "The real server": 900 s by default; a kinder sandbox would let a
+    # long run pass here that needs a new token there.
+    server = sandbox()
+    body = requests.post(f"{server.base_url}/token", data=CREDENTIALS).json()
+    assert body["expires_in"] == 900
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "error"),
     [

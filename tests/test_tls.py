@@ -194,3 +194,57 @@ def test_https_to_a_plain_http_port_names_the_tls_handshake(sandbox, tmp_path):
     assert last.startswith(f"tap-analytics: error: cannot reach GET {base_url}/v3/")
     assert "TLS handshake failed" in last
     assert "Traceback" not in run.stderr
+
+
+def test_v1_next_links_naming_an_internal_host_are_read_on_base_url(
+    tls_sandbox, tmp_path
+):
+    # A self-hosted server writes its internal host, over plain http, into
+    # `next`; the link keeps only limit and offset (API.md "The real server").
+    # Each next page is read on base_url with that query: exact, and every
+    # request (with the token) went over https to the server the user named.
+    internal = "http://airbyte-airbyte-server-svc:8001"
+    server = tls_sandbox(v1_jobs=120, v1_connections=250, v1_workspaces=150)
+    server.config.link_origin = internal  # before the first page is rendered
+    run = run_cli(
+        config=v1_config(server),
+        tmp_path=tmp_path,
+        env={"REQUESTS_CA_BUNDLE": server.ca_file},
+    )
+    assert run.returncode == 0, run.last_stderr_line
+    assert_exact(Output.parse(run.stdout), server, "v1", V1_KEYS)
+    offsets = {
+        path: [
+            r["query"].get("offset", ["0"])[0]
+            for r in server.requests
+            if r["path"] == path
+        ]
+        for path in ("/v1/connections", "/v1/workspaces")
+    }
+    assert offsets == {
+        "/v1/connections": ["0", "100", "200"],
+        "/v1/workspaces": ["0", "100"],
+    }
+
+
+def test_v3_next_link_to_plain_http_stops_with_one_line(tls_sandbox, tmp_path):
+    # paging.next on the same host and port, but http: following it would send
+    # the API key unencrypted. One line naming the URL, exit 1, the link never
+    # requested.
+    server = tls_sandbox(v3_workflows=1, v3_jobs_per_workflow=2)
+    plain = server.base_url.replace("https://", "http://")
+    server.config.link_origin = plain
+    run = run_cli(
+        config=v3_config(server),
+        tmp_path=tmp_path,
+        env={"REQUESTS_CA_BUNDLE": server.ca_file},
+    )
+    assert run.returncode == 1
+    line = run.last_stderr_line
+    assert "refusing to follow a next-page URL on another scheme or host" in line
+    assert f"({plain}/v3/jobs/" in line
+    assert server.config.api_key not in run.stderr
+    results = [r for r in server.requests if r["path"].endswith("/results")]
+    assert results
+    assert not [r for r in results if "cursor" in r["query"]]
+    assert "Traceback" not in run.stderr

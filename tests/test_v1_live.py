@@ -29,7 +29,7 @@ from tap_analytics.client import AnalyticsStream
 from tap_analytics.responses import json_body, records_in
 from tap_analytics.streams import V1_STREAMS, V1JobsStream
 from tap_analytics.tap import TapAnalytics
-from tests.tap_runner import Output, run_cli, sync, v1_config
+from tests.tap_runner import Output, assert_limits_in_range, run_cli, sync, v1_config
 from tests.test_v1 import expected_keysets, instant, keysets, version
 
 if TYPE_CHECKING:
@@ -584,3 +584,32 @@ def test_a_job_without_a_time_that_ends_between_two_pages(
     # emitted before they ended (unless dropped with a page that shifted), then after
     assert len(set(ended) & untimed_first) >= 25
     assert paged_in_windows(server) == (settings == {})
+
+
+def test_a_shifted_tie_group_is_read_again_in_pages_of_one_job(sandbox):
+    # page_size 1 (the range allows it): the re-read after a shift must still get
+    # past the job at offset 0, which was received already.
+    server = sandbox(v1_jobs=200)
+    ended: list[int] = []
+
+    def end_the_last_tied_job(page: list[Job]) -> list[int]:
+        tied = (
+            len(page) > 1
+            and page[-1].get("lastUpdatedAt") is not None
+            and page[-1].get("lastUpdatedAt") == page[-2].get("lastUpdatedAt")
+        )
+        if tied and len(ended) < 5:
+            ended.append(page[-1]["jobId"])
+            return [page[-1]["jobId"]]
+        return []
+
+    server.end_jobs_after_page(end_the_last_tied_job)
+    first, emitted = sync_then_frozen_rerun(
+        server, page_size=1, max_concurrent_requests=1
+    )
+    assert len(ended) == 5
+    queries = jobs_requests(server)
+    assert rereads(queries) >= 5
+    assert_limits_in_range(server)
+    assert_each_version_once(first.records["jobs"], windows=False)
+    assert emitted == current_jobs(server)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import collections
 import datetime
+import itertools
 import json
 import logging
 import math
 
+from tap_analytics.retry import longest_policy_wait
 from tests.tap_runner import Output, run_cli, sync, v1_config
 from tests.test_v1 import instant, micros
 from tests.test_v1_live import current_jobs, jobs_requests, paged_in_windows
@@ -154,3 +156,35 @@ def test_load_shedding_makes_every_window_back_off_and_loses_nothing(sandbox):
             r for r in sent if answered_at + 0.04 <= r["time"] <= answered_at + 0.15
         ]
     assert quiet >= 0.9 * len(shed)
+
+
+def test_requests_shed_at_once_pause_every_thread_once_not_for_minutes(sandbox):
+    # 8 windows' requests in flight are shed by the same overload (bare 429s):
+    # they count as one shed, not 8 in a row, and no pause is longer than the
+    # retry policy's longest wait (factor * 4, the wait before the 3rd retry).
+    factor = 0.05
+    server = sandbox(
+        v1_jobs=5_000,
+        latency_ms=20,
+        scripted_faults=[{"path": "/v1/jobs", "status": 429, "times": 8, "after": 20}],
+    )
+    out = sync(
+        v1_config(server, retry_backoff_factor=factor, max_concurrent_requests=8)
+    )
+    assert paged_in_windows(server)
+    assert sorted(out.keys("jobs", "jobId")) == sorted(current_jobs(server))
+
+    sent = sorted(server.requests, key=lambda r: r["time"])
+    shed = [r for r in sent if r["status"] == 429]
+    assert len(shed) == 8
+    # The premise: most of them arrived before the first one was answered.
+    first_answered = shed[0]["time"] + 0.02
+    at_once = sum(r["time"] < first_answered for r in shed)
+    longest_gap = max(b["time"] - a["time"] for a, b in itertools.pairwise(sent))
+    print(
+        f"{at_once} of 8 shed at once; longest gap between requests {longest_gap:.3f} s"
+    )
+    assert at_once >= 4
+    # A pause starts when a 429 is answered (20 ms after it arrived) and lasts
+    # at most longest_policy_wait; a little more for the threads to wake up.
+    assert longest_gap <= 0.02 + longest_policy_wait(factor) + 0.15

@@ -623,7 +623,9 @@ class Api:
         return body
 
     def _url(self, path: str, params: Params) -> str:
-        return f"{self.base_url}{path}?{urlencode(params, quote_via=quote)}"
+        """A link to another page, on the origin the server says it is on."""
+        origin = self.config.link_origin or self.base_url
+        return f"{origin}{path}?{urlencode(params, quote_via=quote)}"
 
     def _control(self, method: str, path: str, params: Params) -> Response:
         actions: dict[str, tuple[str, Callable[[], bytes]]] = {

@@ -29,6 +29,9 @@ _HELP = {
     "lastUpdatedAt; running, incomplete: null); 0 gives every job a time",
     "cursor_shape": "v1 connections/workspaces `next`: an absolute URL keeping "
     "`limit` and `offset` (the real server), or an opaque token (older servers)",
+    "link_origin": "scheme://host[:port] written into v1 `next` and v3 "
+    "`paging.next` instead of the server's own (self-hosted deployments write their "
+    "internal host, e.g. http://airbyte-airbyte-server-svc:8001)",
     "end_marker": 'v1 `next`: "real" sets it on every non-empty page, "" only on '
     "an empty one; null, absent or empty end the page that reaches the end instead",
     "extra_field": "name of an undocumented field on every record of every stream "

@@ -28,6 +28,7 @@ class SandboxConfig:
     v1_workspaces: int = 7
     v1_not_ended_share: float = 0.1
     cursor_shape: CursorShape = "url"
+    link_origin: str | None = None
     end_marker: EndMarker = "real"
     extra_field: str | None = "extra_note"
     halfway_field: str | None = None
@@ -46,7 +47,7 @@ class SandboxConfig:
     fault_retry_after: str = "0"
     max_consecutive_faults: int = 2
     scripted_faults: list[dict[str, Any]] = field(default_factory=list)
-    token_ttl: int = 3600
+    token_ttl: int = 900  # the real server's (API.md "The real server")
     loop_cursor: LoopStream | None = None
     html_paths: list[str] = field(default_factory=list)
     latency_ms: int = 0
@@ -83,6 +84,10 @@ class SandboxConfig:
         for name in sizes:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.link_origin is not None and not self.link_origin.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("link_origin must be an http:// or https:// origin")
         if self.v3_results_page_size < 1:
             raise ValueError("v3_results_page_size must be at least 1")
         for name in ("fault_rate", "shed_rate", "v1_not_ended_share"):
