@@ -88,6 +88,7 @@ def batch_config_schema(sdk_schema: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     properties = schema.setdefault("properties", {})
     properties["batch_size"] = {
         "type": ["integer", "null"],
+        "minimum": 1,
         "default": DEFAULT_BATCH_SIZE,
         "title": "Batch Size",
         "description": "Records per batch file; a STATE follows each file.",
@@ -136,11 +137,9 @@ class BatchSettings:
         if not sys.platform.startswith("linux"):
             msg = "setting 'batch_config': BATCH messages need Linux (/proc, inotify)"
             raise ConfigError(msg)
-        batch_size = raw.get("batch_size") or DEFAULT_BATCH_SIZE
-        if not isinstance(batch_size, int) or batch_size < 1:
-            msg = "setting 'batch_config': batch_size must be a positive integer"
-            raise ConfigError(msg)
-        return cls(directory, batch_size)
+        # Its type and minimum are the settings schema's to check (batch_config_schema).
+        batch_size = raw.get("batch_size")
+        return cls(directory, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
 
 
 class _OpenWatch:

@@ -272,3 +272,17 @@ def test_a_response_cut_short_is_named_not_called_unreachable(tmp_path):
         f"tap-analytics: error: GET {base_url}/v3/workflows failed: "
         "ChunkedEncodingError (gave up after 4 attempts)"
     )
+
+
+@pytest.mark.parametrize("batch_size", [0, -5])
+def test_a_batch_size_below_one_is_one_line(sandbox, tmp_path, batch_size):
+    # 0 used to mean the default (10,000), silently.
+    server = sandbox()
+    batch_config = {"encoding": {"format": "jsonl"}, "batch_size": batch_size}
+    config = v1_config(server, batch_config=batch_config)
+    run = run_cli(config=config, tmp_path=tmp_path)
+    assert run.returncode == 1
+    assert run.last_stderr_line == (
+        "tap-analytics: error: setting 'batch_config.batch_size' must be at least 1"
+    )
+    assert server.requests == []
