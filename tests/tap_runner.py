@@ -15,6 +15,16 @@ from typing import Any
 from tap_analytics.tap import TapAnalytics
 from tap_analytics.timestamps import parse_timestamp
 
+#: Each stream's primary key, by family.
+V1_KEYS = {"jobs": "jobId", "connections": "connectionId", "workspaces": "workspaceId"}
+V3_KEYS = {
+    "workspace": "name",
+    "workflows": "uid",
+    "jobs": "uid",
+    "successful_jobs": "uid",
+    "job_results": "job_result_id",
+}
+
 
 def read_batch(message: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The records of a BATCH message's files, read now as a target would; None

@@ -17,6 +17,7 @@ from tap_analytics.interrupts import RunInterrupted, held, raise_interrupted
 from tap_analytics.schema_contract import STATE_KEY
 from tap_analytics.timestamps import parse_timestamp
 from tests.tap_runner import (
+    V1_KEYS,
     Output,
     read_batch,
     sync,
@@ -27,7 +28,6 @@ from tests.tap_runner import (
 from tests.test_v1_live import paged_in_windows
 
 TAP = os.path.join(os.path.dirname(sys.executable), "tap-analytics")
-V1_KEYS = {"jobs": "jobId", "connections": "connectionId", "workspaces": "workspaceId"}
 KEYS = {
     "v1": V1_KEYS,
     "v1-windows": V1_KEYS,

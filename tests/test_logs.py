@@ -15,9 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.tap_runner import CliRun, Output, run_cli, v1_config, v3_config
+from tests.tap_runner import V1_KEYS, CliRun, Output, run_cli, v1_config, v3_config
 
-V1_KEYS = {"jobs": "jobId", "connections": "connectionId", "workspaces": "workspaceId"}
 V3_STREAMS = ("workspace", "workflows", "jobs", "successful_jobs", "job_results")
 SUMMARY = re.compile(
     r"Sync completed in [\d.]+ s: (?P<total>[\d,]+) records \((?P<streams>[^)]*)\), "

@@ -9,9 +9,8 @@ import pytest
 import requests
 
 from tap_analytics.transport import RateLimiter
-from tests.tap_runner import Output, run_cli, sync, v1_config, v3_config
+from tests.tap_runner import V1_KEYS, Output, run_cli, sync, v1_config, v3_config
 
-V1_KEYS = {"jobs": "jobId", "connections": "connectionId", "workspaces": "workspaceId"}
 # Retry timing is tested on its own below; elsewhere short waits keep tests fast.
 FAST_RETRIES = {"retry_backoff_factor": 0.01}
 

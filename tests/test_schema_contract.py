@@ -24,20 +24,20 @@ from tap_analytics.schema_contract import (
     SchemaContractError,
 )
 from tap_analytics.tap import TapAnalytics
-from tests.tap_runner import Output, run_cli, sync, v1_config, v3_config
+from tests.tap_runner import (
+    V1_KEYS,
+    V3_KEYS,
+    Output,
+    run_cli,
+    sync,
+    v1_config,
+    v3_config,
+)
 
 if TYPE_CHECKING:
     from tap_analytics.sandbox import SandboxServer
 
 UNDOCUMENTED = {"halfway_field": "added", "retyped_field": "score"}
-V1_KEYS = {"jobs": "jobId", "connections": "connectionId", "workspaces": "workspaceId"}
-V3_KEYS = {
-    "workspace": "name",
-    "workflows": "uid",
-    "jobs": "uid",
-    "successful_jobs": "uid",
-    "job_results": "job_result_id",
-}
 NEW_FIELDS = {
     "extra_note": ["string", "null"],
     "added": ["string", "null"],

@@ -492,14 +492,10 @@ def sync_then_frozen_rerun(
     return first, last_versions(*jobs)
 
 
-@pytest.mark.parametrize(("settings", "latency_ms"), FORCED_MODES)
-def test_a_shifted_tie_group_is_read_again_and_nothing_is_lost(
-    sandbox, settings, latency_ms
-):
-    # A group of ties across a page boundary: the job received last, tied with
-    # the one before it, ends before the next page; the offset into the group
-    # would skip a job. Forced on the first 20 such pages.
-    server = sandbox(v1_jobs=2_000, latency_ms=latency_ms)
+def end_the_last_tied_job_of_pages(server: SandboxServer, pages: int) -> list[int]:
+    """On the first ``pages`` pages whose last job ties with the one before it, end
+    that job before the next page (the group at that instant shrinks: an offset
+    into it would skip a job). Returns the jobIds ended, as they are."""
     ended: list[int] = []
 
     def end_the_last_tied_job(page: list[Job]) -> list[int]:
@@ -508,12 +504,24 @@ def test_a_shifted_tie_group_is_read_again_and_nothing_is_lost(
             and page[-1].get("lastUpdatedAt") is not None
             and page[-1].get("lastUpdatedAt") == page[-2].get("lastUpdatedAt")
         )
-        if tied and len(ended) < 20:
+        if tied and len(ended) < pages:
             ended.append(page[-1]["jobId"])
             return [page[-1]["jobId"]]
         return []
 
     server.end_jobs_after_page(end_the_last_tied_job)
+    return ended
+
+
+@pytest.mark.parametrize(("settings", "latency_ms"), FORCED_MODES)
+def test_a_shifted_tie_group_is_read_again_and_nothing_is_lost(
+    sandbox, settings, latency_ms
+):
+    # A group of ties across a page boundary: the job received last, tied with
+    # the one before it, ends before the next page; the offset into the group
+    # would skip a job. Forced on the first 20 such pages.
+    server = sandbox(v1_jobs=2_000, latency_ms=latency_ms)
+    ended = end_the_last_tied_job_of_pages(server, 20)
     first, emitted = sync_then_frozen_rerun(server, page_size=5, **settings)
     assert len(ended) == 20
     assert rereads(jobs_requests(server)) > 0  # the overlap saw shifts
@@ -590,20 +598,7 @@ def test_a_shifted_tie_group_is_read_again_in_pages_of_one_job(sandbox):
     # page_size 1 (the range allows it): the re-read after a shift must still get
     # past the job at offset 0, which was received already.
     server = sandbox(v1_jobs=200)
-    ended: list[int] = []
-
-    def end_the_last_tied_job(page: list[Job]) -> list[int]:
-        tied = (
-            len(page) > 1
-            and page[-1].get("lastUpdatedAt") is not None
-            and page[-1].get("lastUpdatedAt") == page[-2].get("lastUpdatedAt")
-        )
-        if tied and len(ended) < 5:
-            ended.append(page[-1]["jobId"])
-            return [page[-1]["jobId"]]
-        return []
-
-    server.end_jobs_after_page(end_the_last_tied_job)
+    ended = end_the_last_tied_job_of_pages(server, 5)
     first, emitted = sync_then_frozen_rerun(
         server, page_size=1, max_concurrent_requests=1
     )

@@ -7,15 +7,7 @@ import json
 import pytest
 
 from tap_analytics.tap import TapAnalytics
-from tests.tap_runner import run_cli, sync, v3_config
-
-V3_KEYS = {
-    "workspace": "name",
-    "workflows": "uid",
-    "jobs": "uid",
-    "successful_jobs": "uid",
-    "job_results": "job_result_id",
-}
+from tests.tap_runner import V3_KEYS, run_cli, sync, v3_config
 
 
 def successful(job: dict) -> bool:
