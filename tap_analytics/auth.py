@@ -23,7 +23,13 @@ from tap_analytics.errors import (
     raise_if_untrusted,
     request_failure,
 )
-from tap_analytics.retry import MAX_ATTEMPTS, RETRY_STATUSES, backoff_waits
+from tap_analytics.retry import (
+    MAX_ATTEMPTS,
+    RETRIED_REQUEST_ERRORS,
+    RETRY_STATUSES,
+    after_retries,
+    backoff_waits,
+)
 from tap_analytics.transport import mount_rate_limited
 from tap_analytics.urls import safe_url
 
@@ -75,7 +81,7 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         # The token request gets the same retry policy as data requests.
         self._post_with_retries = backoff.on_exception(
             functools.partial(backoff_waits, backoff_factor),
-            (requests.ConnectionError, requests.Timeout, RetriableAPIError),
+            (*RETRIED_REQUEST_ERRORS, RetriableAPIError),
             max_tries=MAX_ATTEMPTS,
             jitter=None,
             logger=self.logger,
@@ -192,8 +198,6 @@ class ClientCredentialsAuthenticator(OAuthAuthenticator):
         try:
             return self._post_with_retries(json_body=json_body)
         except requests.RequestException as exc:
-            msg = (
-                f"{request_failure(f'token_url {self._token_url}', exc)} "
-                f"(gave up after {MAX_ATTEMPTS} attempts)"
-            )
+            what = f"token_url {self._token_url}"
+            msg = f"{request_failure(what, exc)}{after_retries(exc)}"
             raise TokenRequestError(msg) from exc

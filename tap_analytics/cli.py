@@ -23,7 +23,7 @@ from tap_analytics.errors import (
 )
 from tap_analytics.interrupts import RunInterrupted
 from tap_analytics.output import BufferedMsgSpecWriter
-from tap_analytics.retry import MAX_ATTEMPTS
+from tap_analytics.retry import after_retries
 from tap_analytics.tap import TapAnalytics
 from tap_analytics.urls import safe_url
 
@@ -37,17 +37,14 @@ def failure_message(exc: BaseException) -> str | None:
     if isinstance(exc, MappingError):
         return f"stream_maps: {exc}"
     if isinstance(exc, RetriableAPIError):
-        return f"{exc} (gave up after {MAX_ATTEMPTS} attempts)"
+        return f"{exc}{after_retries(exc)}"
     if isinstance(exc, (TapAnalyticsError, FatalAPIError)):
         return str(exc)
     if isinstance(exc, InvalidStreamSortException):
         return f"records out of replication-key order: {exc}"
     if isinstance(exc, requests.RequestException):
         url = safe_url(exc.request.url) if exc.request and exc.request.url else "?"
-        return (
-            f"{request_failure(f'GET {url}', exc)} "
-            f"(gave up after {MAX_ATTEMPTS} attempts)"
-        )
+        return f"{request_failure(f'GET {url}', exc)}{after_retries(exc)}"
     return None
 
 

@@ -16,12 +16,11 @@ import typing as t
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 
+import requests
 from singer_sdk.exceptions import RetriableAPIError
 
 if t.TYPE_CHECKING:
     from collections.abc import Generator
-
-    import requests
 
 RETRY_STATUSES = frozenset(
     {
@@ -33,6 +32,24 @@ RETRY_STATUSES = frozenset(
     }
 )
 MAX_ATTEMPTS = 4  # the first try and 3 retries
+
+#: The request failures retried, as the SDK's ``RESTStream.request_decorator``
+#: retries them (the token request too): no answer, or a body cut short. Any other
+#: ``requests`` failure (a redirect loop, an invalid URL) fails at once.
+RETRIED_REQUEST_ERRORS: tuple[type[Exception], ...] = (
+    requests.Timeout,
+    requests.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+def after_retries(exc: BaseException) -> str:
+    """`` (gave up after 4 attempts)`` for a failure the policy retried; else ''."""
+    retried = isinstance(exc, (*RETRIED_REQUEST_ERRORS, RetriableAPIError))
+    return f" (gave up after {MAX_ATTEMPTS} attempts)" if retried else ""
+
+
 # A server asking for more than this is treated as asking for this: a run that
 # sleeps for an hour on one header looks hung to whoever watches it.
 MAX_RETRY_AFTER_SECONDS = 120.0

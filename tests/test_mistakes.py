@@ -286,3 +286,36 @@ def test_a_batch_size_below_one_is_one_line(sandbox, tmp_path, batch_size):
         "tap-analytics: error: setting 'batch_config.batch_size' must be at least 1"
     )
     assert server.requests == []
+
+
+class _RedirectLoopHandler(socketserver.StreamRequestHandler):
+    """Answers every request with a redirect to itself, and counts them."""
+
+    requests = 0
+
+    def handle(self) -> None:
+        path = self.rfile.readline().split()[1]
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass  # the rest of the request's head
+        type(self).requests += 1
+        self.wfile.write(
+            b"HTTP/1.1 302 Found\r\nLocation: " + path + b"\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+
+
+def test_a_failure_that_is_not_retried_does_not_say_it_gave_up(tmp_path):
+    # A redirect loop (requests' TooManyRedirects) is not one of the failures the
+    # policy retries: the line names it, without "gave up after 4 attempts".
+    handler = _RedirectLoopHandler
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        config = {"base_url": base_url, "api_key": "k", "retry_backoff_factor": 0}
+        run = run_cli(config=config, tmp_path=tmp_path)
+        server.shutdown()
+    assert run.returncode == 1
+    assert run.last_stderr_line == (
+        f"tap-analytics: error: GET {base_url}/v3/workflows failed: TooManyRedirects"
+    )
+    assert handler.requests == 31  # one request, followed 30 times: not retried
