@@ -60,21 +60,18 @@ _held: list[RunInterrupted | None] = []
 def held() -> t.Iterator[None]:
     """Raise an interrupt arriving in this block only when the block ends.
 
-    For short steps that must not be cut in two: the handler raises wherever the
-    main thread is, and blocking the signal would not help (any thread may take
-    it). E.g. open events read from inotify and not yet recorded are lost, and the
-    run would then wait for opens that happened (tap_analytics.batches).
+    For short steps of the main thread that must not be cut in two (not nested):
+    the handler raises wherever the main thread is, and blocking the signal would
+    not help (any thread may take it). E.g. open events read from inotify and not
+    yet recorded are lost, and the run would then wait for opens that happened
+    (tap_analytics.batches).
     """
     _held.append(None)
     try:
         yield
     finally:
-        pending = _held.pop()
-        if pending is not None:
-            if _held:  # an outer block raises it
-                _held[-1] = pending
-            else:
-                raise pending  # the interrupt goes on from here
+        if (pending := _held.pop()) is not None:
+            raise pending  # the interrupt goes on from here
 
 
 def raise_interrupted(signum: int, write_state: t.Callable[[], None]) -> None:

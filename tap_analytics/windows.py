@@ -40,6 +40,7 @@ after another, so records, and the SDK's sorted-stream bookmark, still go in
 
 from __future__ import annotations
 
+import collections
 import datetime
 import itertools
 import math
@@ -75,6 +76,11 @@ MIN_WAIT_SECONDS = 0.001
 MIN_WAIT_SHARE = 0.2
 
 
+def _last_pages() -> collections.deque[float]:
+    """A page time per page, of the last WINDOW_PAGES pages only (all a split reads)."""
+    return collections.deque(maxlen=WINDOW_PAGES)
+
+
 @dataclass(eq=False)
 class Window:
     """One ``[start, end)`` slice of ``jobs``, keyset-paged by its own paginator."""
@@ -85,8 +91,8 @@ class Window:
     first: datetime.datetime | None = None  # its first job's instant
     pages: int = 0  # full pages received
     # window 0's pages: how long the reader waited for each, and was busy with it
-    waited_seconds: list[float] = field(default_factory=list)
-    busy_seconds: list[float] = field(default_factory=list)
+    waited_seconds: collections.deque[float] = field(default_factory=_last_pages)
+    busy_seconds: collections.deque[float] = field(default_factory=_last_pages)
 
     @property
     def context(self) -> dict[str, str]:
@@ -238,8 +244,8 @@ class KeysetWindows:
         window.busy_seconds.append(paginator.busy_seconds)
         if window.pages < WINDOW_PAGES:
             return False
-        waited = min(window.waited_seconds[-WINDOW_PAGES:])
-        busy = statistics.median(window.busy_seconds[-WINDOW_PAGES:])
+        waited = min(window.waited_seconds)
+        busy = statistics.median(window.busy_seconds)
         return waited >= MIN_WAIT_SECONDS and waited >= MIN_WAIT_SHARE * (waited + busy)
 
     def _split_points(
