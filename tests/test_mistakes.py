@@ -11,6 +11,7 @@ import json
 import re
 import socketserver
 import threading
+from typing import TYPE_CHECKING
 
 import pytest
 from singer_sdk.exceptions import InvalidStreamSortException
@@ -19,12 +20,16 @@ from tap_analytics.cli import failure_message
 from tap_analytics.settings import unknown_settings
 from tap_analytics.tap import TapAnalytics
 from tests.tap_runner import (
+    CliRun,
     Output,
     jobs_updated_since,
     middle_bookmark,
     run_cli,
     v1_config,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 LOG_LINE = re.compile(
     r"^[\d-]+ [\d:,]+ \| (?P<level>\w+) +\| [\w.-]+ +\| (?P<text>.*)$"
@@ -245,6 +250,20 @@ def test_records_out_of_order_are_reported_as_such():
     )
 
 
+def run_v3_against(
+    handler: type[socketserver.StreamRequestHandler], tmp_path: Path
+) -> tuple[CliRun, str]:
+    """The tap (v3, no waits between retries) against a server of ``handler``'s
+    answers on a real socket; the run and the server's base URL."""
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        config = {"base_url": base_url, "api_key": "k", "retry_backoff_factor": 0}
+        run = run_cli(config=config, tmp_path=tmp_path)
+        server.shutdown()
+    return run, base_url
+
+
 class _CutShortHandler(socketserver.StreamRequestHandler):
     """Answers every request with a chunked body that ends mid-chunk."""
 
@@ -261,12 +280,7 @@ def test_a_response_cut_short_is_named_not_called_unreachable(tmp_path):
     # The server answered, then its body ended early (requests'
     # ChunkedEncodingError, retried as the policy says): the host was reached, so
     # the line names what went wrong instead of "connection refused".
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CutShortHandler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        config = {"base_url": base_url, "api_key": "k", "retry_backoff_factor": 0}
-        run = run_cli(config=config, tmp_path=tmp_path)
-        server.shutdown()
+    run, base_url = run_v3_against(_CutShortHandler, tmp_path)
     assert run.returncode == 1
     assert run.last_stderr_line == (
         f"tap-analytics: error: GET {base_url}/v3/workflows failed: "
@@ -307,15 +321,11 @@ class _RedirectLoopHandler(socketserver.StreamRequestHandler):
 def test_a_failure_that_is_not_retried_does_not_say_it_gave_up(tmp_path):
     # A redirect loop (requests' TooManyRedirects) is not one of the failures the
     # policy retries: the line names it, without "gave up after 4 attempts".
-    handler = _RedirectLoopHandler
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        config = {"base_url": base_url, "api_key": "k", "retry_backoff_factor": 0}
-        run = run_cli(config=config, tmp_path=tmp_path)
-        server.shutdown()
+    run, base_url = run_v3_against(_RedirectLoopHandler, tmp_path)
     assert run.returncode == 1
     assert run.last_stderr_line == (
         f"tap-analytics: error: GET {base_url}/v3/workflows failed: TooManyRedirects"
     )
-    assert handler.requests == 31  # one request, followed 30 times: not retried
+    assert (
+        _RedirectLoopHandler.requests == 31
+    )  # one request, followed 30 times: not retried

@@ -27,6 +27,8 @@ from .test_meltano_postgres import (
     RUNS,
     SCHEMAS,
     TABLES,
+    assert_fields_beyond_the_documents,
+    assert_score_columns,
     served_records,
 )
 
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from tap_analytics.sandbox import SandboxServer
 
 pytestmark = pytest.mark.e2e
+
+#: The column types DuckDB gives `score`'s values: (integer, text).
+DUCKDB = ("HUGEINT", "VARCHAR")
 
 DUCKDB_PYTHON = (
     ROOT / ".meltano" / "loaders" / "target-duckdb" / "venv" / "bin" / "python"
@@ -132,30 +137,11 @@ def test_every_field_is_a_filled_column(
     rows = got.by_key(PRIMARY_KEYS[family][table])
     assert len(got.rows) == len(rows) == len(served), f"{where}: rows or duplicates"
     assert set(rows) == set(served), where
-    python_types = {"HUGEINT": int, "VARCHAR": str}
-    score_columns = {
-        name: python_types[kind]
-        for name, kind in got.columns.items()
-        if name.split("__v_")[0] == "score"
-    }
-    for key, record in served.items():
-        row = rows[key]
-        assert row["extra_note"] == record["extra_note"], (where, key)
-        assert row["added"] == record.get("added"), (where, key)
-        holders = {n: row[n] for n in score_columns if row[n] is not None}
-        assert list(holders.values()) == [record["score"]], (where, key, holders)
-        [holder] = holders
-        assert isinstance(record["score"], score_columns[holder]), (where, holder)
+    assert_fields_beyond_the_documents(where, got.columns, rows, served, DUCKDB)
 
 
 def test_where_the_values_of_the_field_whose_type_changes_are(loaded: Loaded) -> None:
-    for table in TABLES:
-        columns = loaded.snapshots[-1][table].columns
-        score = {name: kind for name, kind in columns.items() if "score" in name}
-        if table == ("v3", "workspace"):  # one record, served as a string
-            assert score == {"score": "VARCHAR"}, table
-        else:
-            assert score == {"score": "HUGEINT", "score__v_string": "VARCHAR"}, table
+    assert_score_columns(loaded.snapshots[-1], DUCKDB)
 
 
 def test_connections_configurations_is_a_json_column(loaded: Loaded) -> None:

@@ -26,7 +26,7 @@ from psycopg import sql
 from .conftest import SANDBOX_CONFIG, Meltano, PgDatabase, clean_env
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from tap_analytics.sandbox import SandboxServer
 
@@ -325,34 +325,59 @@ def test_fields_beyond_the_documents_are_filled_columns(
     stream's first value, `score__v_<type>` for the others (issue 17)."""
     got = loaded.snapshots[run][family, table]
     where = f"{SCHEMAS[family]}.{table} after run {run + 1}"
-    python_types = {"bigint": int, "text": str}
+    served = loaded.served[family, table]
+    assert_fields_beyond_the_documents(where, got.columns, got.beyond, served, POSTGRES)
+
+
+#: A target's column types for `score`'s values: (integer, text).
+POSTGRES = ("bigint", "text")
+
+
+def assert_fields_beyond_the_documents(
+    where: str,
+    columns: dict[str, str],
+    rows: dict[Any, dict[str, Any]],
+    served: dict[Any, dict[str, Any]],
+    types: tuple[str, str],
+) -> None:
+    """Each served record's row (by key) has its extra_note, its `added` (null where
+    it had none), and its `score` in exactly one column, of its type."""
+    python_types = dict(zip(types, (int, str), strict=True))
     score_columns = {
         name: python_types[kind]
-        for name, kind in got.columns.items()
+        for name, kind in columns.items()
         if name.split("__v_")[0] == "score"
     }
     assert "score" in score_columns, where
-    for key, record in loaded.served[family, table].items():
-        row = got.beyond[key]
+    for key, record in served.items():
+        row = rows[key]
         assert row["extra_note"] == record["extra_note"], (where, key)
         assert row["added"] == record.get("added"), (where, key)
-        holders = {n: v for n, v in row.items() if n in score_columns and v is not None}
+        holders = {n: row[n] for n in score_columns if row[n] is not None}
         assert list(holders.values()) == [record["score"]], (where, key, holders)
         [holder] = holders
         assert isinstance(record["score"], score_columns[holder]), (where, holder)
-    assert any("added" in record for record in loaded.served[family, table].values())
+    assert any("added" in record for record in served.values()), where
+
+
+def assert_score_columns(
+    snapshot: Mapping[tuple[str, str], Any], types: tuple[str, str]
+) -> None:
+    """The first value a stream served decides `score`'s column type; the values of
+    the other type are in `score__v_string` (v3 workspace: one record, a string).
+    ``snapshot``: each table's (family, name) to what has its ``columns``."""
+    integer, text = types
+    for table in TABLES:
+        columns = snapshot[table].columns
+        score = {name: kind for name, kind in columns.items() if "score" in name}
+        if table == ("v3", "workspace"):
+            assert score == {"score": text}, table
+        else:
+            assert score == {"score": integer, "score__v_string": text}, table
 
 
 def test_where_the_values_of_the_field_whose_type_changes_are(loaded: Loaded) -> None:
-    """The first value a stream served decides `score`'s column type; the values of
-    the other type are in `score__v_string` (v3 workspace: one record, a string)."""
-    for table in TABLES:
-        columns = loaded.snapshots[-1][table].columns
-        score = {name: kind for name, kind in columns.items() if "score" in name}
-        if table == ("v3", "workspace"):
-            assert score == {"score": "text"}, table
-        else:
-            assert score == {"score": "bigint", "score__v_string": "text"}, table
+    assert_score_columns(loaded.snapshots[-1], POSTGRES)
 
 
 def test_connections_configurations_is_a_jsonb_column(loaded: Loaded) -> None:
