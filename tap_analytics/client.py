@@ -440,6 +440,9 @@ class AnalyticsStream(RESTStream[t.Any]):
         fits = contract.covers(record)
         for name, types in contract.typed:
             fits = fits and type(record.get(name)) in types
+        if fits:
+            for name in contract.null_fields:  # known as null so far: nothing to load
+                record.pop(name, None)
         grew = not fits and self.apply_schema_contract(record)
         batches = self._batches
         if batches is None:

@@ -10,7 +10,9 @@ with what the sandbox served.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -341,6 +343,40 @@ def test_a_null_field_adds_nothing_until_it_has_a_value():
     frozen = contract(ContractMode.FREEZE)
     assert frozen.apply(record := {"jobId": 1, "later": None}) is None
     assert record == {"jobId": 1}
+
+
+def test_a_field_that_has_only_been_null_passes_the_quick_check(monkeypatch):
+    # The record writer's quick check (AnalyticsStream._write_record_message) lets
+    # a record through as is; any other takes the slow path, SchemaContract.apply.
+    slow_path: list[str] = []
+    apply = SchemaContract.apply
+
+    def counted(self: SchemaContract, record: dict[str, Any]) -> Any:
+        slow_path.append(record["uid"])
+        return apply(self, record)
+
+    monkeypatch.setattr(SchemaContract, "apply", counted)
+    tap = TapAnalytics(config={"base_url": "http://127.0.0.1:9", "api_key": "k"})
+    stream = tap.streams["workflows"]
+    records = [{"uid": f"w{i}", "name": "n", "gone": None} for i in range(100)]
+    records[60]["gone"] = "back"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        stream._write_schema_message()
+        for record in records:
+            stream._write_record_message(record)
+    out = Output.parse(buffer.getvalue())
+
+    # the first record makes `gone` known as null; its first value, the next
+    assert slow_path == ["w0", "w60"]
+    written = loadable(out)["workflows"]
+    assert [r["uid"] for r in written] == [r["uid"] for r in records]
+    assert all("gone" not in r for r in written[:60])  # nothing to load yet
+    assert [r["gone"] for r in written[60:]] == ["back"] + [None] * 39
+    first, grown = schemas_of(out, "workflows")
+    assert "gone" not in first
+    assert grown["gone"] == {"type": ["string", "null"]}
+    assert stream.stream_state[STATE_KEY] == {"gone": "string"}
 
 
 @pytest.mark.parametrize(
