@@ -338,8 +338,9 @@ class AnalyticsStream(RESTStream[t.Any]):
         """Apply the schema contract to ``record`` in place.
 
         Returns True when the stream's schema grew: the caller must then write a
-        new SCHEMA (:meth:`announce_schema`) before this record. For a record that
-        fits, it costs the contract's quick check (``SchemaContract.fits``).
+        new SCHEMA (:meth:`announce_schema`) before this record. The contract's
+        slow path: :meth:`_write_record_message` calls it only for a record that
+        fails the quick check (see :class:`SchemaContract`).
         """
         grown = self.schema_contract.apply(record)
         if grown is None:
@@ -434,7 +435,7 @@ class AnalyticsStream(RESTStream[t.Any]):
         # A field beyond the schema would be dropped silently by schema-driven
         # targets: the contract decides, and a grown schema goes out before the
         # record. Only its quick check runs for every record, written out here
-        # (SchemaContract.fits; a call per record costs a sixth more).
+        # (the one copy; see SchemaContract).
         # A plain attribute, not the property: read for every record.
         contract = self._contract or self.schema_contract
         fits = contract.covers(record)

@@ -105,7 +105,16 @@ def property_schema(type_name: str) -> Schema:
 
 
 class SchemaContract:
-    """The contract of one stream's records with the schema it announced."""
+    """The contract of one stream's records with the schema it announced.
+
+    Every record goes through a quick check, which the record writer
+    (``AnalyticsStream._write_record_message``) runs inline, as a call per record
+    would cost a sixth more: a record fits as it is when ``covers(record)`` and
+    ``type(record.get(name)) in types`` for each ``(name, types)`` of ``typed``,
+    and then only loses its ``null_fields``. Any other record goes to
+    :meth:`apply`. The three attributes are made anew when the contract learns a
+    field (``_refresh``).
+    """
 
     def __init__(
         self,
@@ -144,26 +153,14 @@ class SchemaContract:
                 grown[name] = self._add(name, type_name)
         return grown
 
-    def fits(self, record: Record) -> bool:
-        """Does ``record`` fit the schema as it is? The check every record goes
-        through (a record writer runs it inline, see ``covers``)."""
-        if not self.covers(record):
-            return False
-        return all(type(record.get(name)) in types for name, types in self.typed)
-
-    def apply(self, record: dict[str, t.Any]) -> dict[str, Schema] | None:
-        """Make ``record`` fit the contract, in place.
+    def apply(self, record: Record) -> dict[str, Schema] | None:
+        """Make ``record`` fit the contract, in place: the slow path.
 
         Returns the properties the schema must gain before this record is
-        written, or None when it has not changed.
+        written, or None when it has not changed. The record writer calls it only
+        for a record that fails the quick check (see the class); one that passes
+        would only lose its ``null_fields`` here too.
         """
-        if not self.fits(record):
-            return self._settle(record)
-        for name in self.null_fields:
-            record.pop(name, None)
-        return None
-
-    def _settle(self, record: dict[str, t.Any]) -> dict[str, Schema] | None:
         grown: dict[str, Schema] = {}
         for name in [name for name in record if name not in self._known]:
             value = record[name]
@@ -239,19 +236,14 @@ class SchemaContract:
         return property_schema(type_name)
 
     def _refresh(self) -> None:
-        # The check every record goes through is one set comparison plus a type
-        # check per field the tap typed or knows as null so far; everything else
-        # is for the records that fail it. A record writer runs it inline (a call
-        # per record costs a sixth more), so its parts are attributes, made anew
-        # when the contract learns a field: ``covers(record)``, and
-        # ``type(record.get(name)) in types`` for each (name, types) of
-        # ``typed``. A record that passes it drops each of ``null_fields``.
+        # The quick check (see the class): one set comparison per record, plus a
+        # type check per field the tap typed or knows as null so far.
         self.covers = frozenset(self._known.union(self._nulls)).issuperset
         self.typed: tuple[tuple[str, frozenset[type]], ...] = (
             *((name, _FITS[json]) for name, json in self._json_types.items()),
             *((name, _NULL_ONLY) for name in self._nulls),
         )
-        #: Fields known as null so far: a record that fits has nothing to load in them.
+        #: Fields known as null so far: in a record that fits, null (nothing to load).
         self.null_fields: tuple[str, ...] = tuple(self._nulls)
 
     def _report(self, field: str, level: int, message: str) -> None:
