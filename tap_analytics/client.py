@@ -108,6 +108,10 @@ class AnalyticsStream(RESTStream[t.Any]):
     #: The stream's JSON Schema: schemas.py's, grown by the schema contract.
     schema: dict[str, t.Any]
 
+    #: The stream's schema contract, made with its first SCHEMA, which comes
+    #: before any record (:meth:`_write_schema_message`).
+    _contract: SchemaContract
+
     # Records come straight from a JSON decoder, so every value already is a JSON
     # type: the SDK's recursive conformance (a fifth of a bulk sync's CPU) would
     # walk every property to convert nothing.
@@ -135,7 +139,6 @@ class AnalyticsStream(RESTStream[t.Any]):
             session, self.analytics_tap.rate_limiter, pool_maxsize=workers + 1
         )
         self._logged_once: set[str] = set()
-        self._contract: SchemaContract | None = None  # see schema_contract
         self.logger.addFilter(DEMOTE_SDK_NOISE)
         #: Where records go instead of RECORD messages (batch_config), if anywhere.
         self._batches = self.analytics_tap.batches
@@ -298,7 +301,9 @@ class AnalyticsStream(RESTStream[t.Any]):
         # The SDK writes SCHEMA at every sync() call, which for a child stream is
         # once per parent record (5,000 SCHEMA messages for 2,000 workflows).
         if not self._schema_written:
-            _ = self.schema_contract  # fields typed in earlier runs join the first one
+            # The first SCHEMA, before any record: the contract starts here, and
+            # the fields earlier runs typed (the state) join this SCHEMA.
+            self._contract = self._new_schema_contract()
             self.announce_schema()
 
     def announce_schema(self) -> None:
@@ -307,16 +312,6 @@ class AnalyticsStream(RESTStream[t.Any]):
         self._schema_written = True
 
     # --- schema contract (tap_analytics.schema_contract) ----------------------
-
-    @property
-    def schema_contract(self) -> SchemaContract:
-        """The stream's contract, made at its first SCHEMA (in the main thread).
-
-        The fields earlier runs typed (the state) join the schema then.
-        """
-        if self._contract is None:
-            self._contract = self._new_schema_contract()
-        return self._contract
 
     def _new_schema_contract(self) -> SchemaContract:
         schema = self.effective_schema
@@ -342,11 +337,11 @@ class AnalyticsStream(RESTStream[t.Any]):
         slow path: :meth:`_write_record_message` calls it only for a record that
         fails the quick check (see :class:`SchemaContract`).
         """
-        grown = self.schema_contract.apply(record)
+        grown = self._contract.apply(record)
         if grown is None:
             return False
         self._grow_schema(grown)
-        self.stream_state[STATE_KEY] = self.schema_contract.typed_fields
+        self.stream_state[STATE_KEY] = self._contract.typed_fields
         for name, schema in grown.items():
             self.analytics_tap.run_stats.count_added_field(
                 self.name, name, schema["type"][0]
@@ -436,8 +431,7 @@ class AnalyticsStream(RESTStream[t.Any]):
         # targets: the contract decides, and a grown schema goes out before the
         # record. Only its quick check runs for every record, written out here
         # (the one copy; see SchemaContract).
-        # A plain attribute, not the property: read for every record.
-        contract = self._contract or self.schema_contract
+        contract = self._contract
         fits = contract.covers(record)
         for name, types in contract.typed:
             fits = fits and type(record.get(name)) in types
