@@ -314,15 +314,10 @@ class AnalyticsStream(RESTStream[t.Any]):
     # --- schema contract (tap_analytics.schema_contract) ----------------------
 
     def _new_schema_contract(self) -> SchemaContract:
-        schema = self.effective_schema
-        # A field the catalog deselects is the SDK's to drop, never a new one.
-        deselected = [
-            crumb[1] for crumb, on in self.mask.items() if len(crumb) == 2 and not on
-        ]
         contract = SchemaContract(
             self.name,
             ContractMode(self.analytics_tap.setting("schema_contract")),
-            [*schema.get("properties", {}), *deselected],
+            self.effective_schema.get("properties", {}),
             self.logger,
         )
         if restored := contract.restore(self.stream_state.get(STATE_KEY, {})):
@@ -338,6 +333,8 @@ class AnalyticsStream(RESTStream[t.Any]):
         fails the quick check (see :class:`SchemaContract`).
         """
         grown = self._contract.apply(record)
+        if self._deselects_properties:  # a variant field the catalog deselects
+            pop_deselected_record_properties(record, self.schema, self.mask)
         if grown is None:
             return False
         self._grow_schema(grown)
@@ -387,13 +384,12 @@ class AnalyticsStream(RESTStream[t.Any]):
 
         What the SDK's ``_generate_record_messages`` does, minus two walks over
         every property: type conformance (none here, see TYPE_CONFORMANCE_LEVEL)
-        and dropping deselected properties when none is deselected (the usual
-        catalog). A sequence, not a generator: one is made per record.
+        and dropping deselected properties (done before the schema contract, by
+        :meth:`_write_record_message`, and only when the catalog deselects one).
+        A sequence, not a generator: one is made per record.
         """
         if (alias := self._unmapped_alias) is not None:
             return ((alias, record),)
-        if self._deselects_properties:
-            pop_deselected_record_properties(record, self.schema, self.mask)
         return [
             (stream_map.stream_alias, mapped)
             for stream_map in self.stream_maps
@@ -430,7 +426,10 @@ class AnalyticsStream(RESTStream[t.Any]):
         # A field beyond the schema would be dropped silently by schema-driven
         # targets: the contract decides, and a grown schema goes out before the
         # record. Only its quick check runs for every record, written out here
-        # (the one copy; see SchemaContract).
+        # (the one copy; see SchemaContract). Deselected properties go first, as
+        # in the SDK's record path: the contract never sees them.
+        if self._deselects_properties:
+            pop_deselected_record_properties(record, self.schema, self.mask)
         contract = self._contract
         fits = contract.covers(record)
         for name, types in contract.typed:

@@ -316,6 +316,36 @@ def test_a_deselected_property_never_reaches_the_target(sandbox):
     assert all(record["extra_note"] for record in loaded["workspaces"])
 
 
+def test_a_deselected_variant_field_never_reaches_the_target(sandbox):
+    # The catalog deselects the field a string `score` goes to: its values are
+    # dropped, not sent under another name, and the types an earlier run gave
+    # stay in the state.
+    server = sandbox(v1_jobs=300, **UNDOCUMENTED)
+    config = v1_config(server)
+    first = sync(config)
+    catalog = TapAnalytics(config=config).catalog_dict
+    [connections] = [
+        s for s in catalog["streams"] if s["tap_stream_id"] == "connections"
+    ]
+    variant = ["properties", "score__v_string"]
+    connections["metadata"].append(
+        {"breadcrumb": variant, "metadata": {"selected": False}}
+    )
+    for state in (None, first.final_state):
+        out = sync(config, state=state, catalog=catalog)
+        loaded = loadable(out)["connections"]  # nothing unannounced
+        assert len(loaded) == len(served(server, "v1")["connections"])
+        assert all(not name.startswith("score__") for r in loaded for name in r)
+        assert all(isinstance(r["score"], int) for r in loaded[:60])
+        assert all("score" not in r for r in loaded[60:])
+        assert out.final_state["bookmarks"]["connections"][STATE_KEY] == {
+            "extra_note": "string",
+            "added": "string",
+            "score": "integer",
+            "score__v_string": "string",
+        }
+
+
 # --- the contract itself (the tap's hot path) -------------------------------------
 
 
