@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import typing as t
@@ -19,7 +18,6 @@ from singer_sdk.helpers._catalog import (
 )
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import SameRecordTransform
-from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
 
 from tap_analytics import concurrency, transport
@@ -382,10 +380,11 @@ class AnalyticsStream(RESTStream[t.Any]):
     ) -> Sequence[tuple[str, dict[str, t.Any]]]:
         """``record`` as each stream map emits it: (output stream, record).
 
-        What the SDK's ``_generate_record_messages`` does, minus two walks over
-        every property: type conformance (none here, see TYPE_CONFORMANCE_LEVEL)
-        and dropping deselected properties (done before the schema contract, by
-        :meth:`_write_record_message`, and only when the catalog deselects one).
+        What the SDK's ``_generate_record_messages`` does for its
+        ``_write_record_message``, which :meth:`_write_record_message` replaces,
+        minus two walks over every property: type conformance (none here, see
+        TYPE_CONFORMANCE_LEVEL) and dropping deselected properties (done before
+        the schema contract, and only when the catalog deselects one).
         A sequence, not a generator: one is made per record.
         """
         if (alias := self._unmapped_alias) is not None:
@@ -395,17 +394,6 @@ class AnalyticsStream(RESTStream[t.Any]):
             for stream_map in self.stream_maps
             if (mapped := stream_map.transform(record)) is not None
         ]
-
-    def _generate_record_messages(
-        self, record: dict[str, t.Any]
-    ) -> Generator[RecordMessage, None, None]:
-        for stream, mapped in self._mapped_records(record):
-            yield RecordMessage(
-                stream=stream,
-                record=mapped,
-                version=self._stream_version,
-                time_extracted=datetime.datetime.now(datetime.UTC),
-            )
 
     # --- BATCH messages (tap_analytics.batches) -----------------------------
 
