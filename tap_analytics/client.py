@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import typing as t
@@ -19,7 +18,6 @@ from singer_sdk.helpers._catalog import (
 )
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import SameRecordTransform
-from singer_sdk.singerlib import RecordMessage
 from singer_sdk.streams import RESTStream
 
 from tap_analytics import concurrency, transport
@@ -108,6 +106,10 @@ class AnalyticsStream(RESTStream[t.Any]):
     #: The stream's JSON Schema: schemas.py's, grown by the schema contract.
     schema: dict[str, t.Any]
 
+    #: The stream's schema contract, made with its first SCHEMA, which comes
+    #: before any record (:meth:`_write_schema_message`).
+    _contract: SchemaContract
+
     # Records come straight from a JSON decoder, so every value already is a JSON
     # type: the SDK's recursive conformance (a fifth of a bulk sync's CPU) would
     # walk every property to convert nothing.
@@ -135,7 +137,6 @@ class AnalyticsStream(RESTStream[t.Any]):
             session, self.analytics_tap.rate_limiter, pool_maxsize=workers + 1
         )
         self._logged_once: set[str] = set()
-        self._contract: SchemaContract | None = None  # see schema_contract
         self.logger.addFilter(DEMOTE_SDK_NOISE)
         #: Where records go instead of RECORD messages (batch_config), if anywhere.
         self._batches = self.analytics_tap.batches
@@ -298,7 +299,9 @@ class AnalyticsStream(RESTStream[t.Any]):
         # The SDK writes SCHEMA at every sync() call, which for a child stream is
         # once per parent record (5,000 SCHEMA messages for 2,000 workflows).
         if not self._schema_written:
-            _ = self.schema_contract  # fields typed in earlier runs join the first one
+            # The first SCHEMA, before any record: the contract starts here, and
+            # the fields earlier runs typed (the state) join this SCHEMA.
+            self._contract = self._new_schema_contract()
             self.announce_schema()
 
     def announce_schema(self) -> None:
@@ -308,26 +311,11 @@ class AnalyticsStream(RESTStream[t.Any]):
 
     # --- schema contract (tap_analytics.schema_contract) ----------------------
 
-    @property
-    def schema_contract(self) -> SchemaContract:
-        """The stream's contract, made at its first SCHEMA (in the main thread).
-
-        The fields earlier runs typed (the state) join the schema then.
-        """
-        if self._contract is None:
-            self._contract = self._new_schema_contract()
-        return self._contract
-
     def _new_schema_contract(self) -> SchemaContract:
-        schema = self.effective_schema
-        # A field the catalog deselects is the SDK's to drop, never a new one.
-        deselected = [
-            crumb[1] for crumb, on in self.mask.items() if len(crumb) == 2 and not on
-        ]
         contract = SchemaContract(
             self.name,
             ContractMode(self.analytics_tap.setting("schema_contract")),
-            [*schema.get("properties", {}), *deselected],
+            self.effective_schema.get("properties", {}),
             self.logger,
         )
         if restored := contract.restore(self.stream_state.get(STATE_KEY, {})):
@@ -338,14 +326,17 @@ class AnalyticsStream(RESTStream[t.Any]):
         """Apply the schema contract to ``record`` in place.
 
         Returns True when the stream's schema grew: the caller must then write a
-        new SCHEMA (:meth:`announce_schema`) before this record. For a record that
-        fits, it costs the contract's quick check (``SchemaContract.fits``).
+        new SCHEMA (:meth:`announce_schema`) before this record. The contract's
+        slow path: :meth:`_write_record_message` calls it only for a record that
+        fails the quick check (see :class:`SchemaContract`).
         """
-        grown = self.schema_contract.apply(record)
+        grown = self._contract.apply(record)
+        if self._deselects_properties:  # a variant field the catalog deselects
+            pop_deselected_record_properties(record, self.schema, self.mask)
         if grown is None:
             return False
         self._grow_schema(grown)
-        self.stream_state[STATE_KEY] = self.schema_contract.typed_fields
+        self.stream_state[STATE_KEY] = self._contract.typed_fields
         for name, schema in grown.items():
             self.analytics_tap.run_stats.count_added_field(
                 self.name, name, schema["type"][0]
@@ -389,31 +380,20 @@ class AnalyticsStream(RESTStream[t.Any]):
     ) -> Sequence[tuple[str, dict[str, t.Any]]]:
         """``record`` as each stream map emits it: (output stream, record).
 
-        What the SDK's ``_generate_record_messages`` does, minus two walks over
-        every property: type conformance (none here, see TYPE_CONFORMANCE_LEVEL)
-        and dropping deselected properties when none is deselected (the usual
-        catalog). A sequence, not a generator: one is made per record.
+        What the SDK's ``_generate_record_messages`` does for its
+        ``_write_record_message``, which :meth:`_write_record_message` replaces,
+        minus two walks over every property: type conformance (none here, see
+        TYPE_CONFORMANCE_LEVEL) and dropping deselected properties (done before
+        the schema contract, and only when the catalog deselects one).
+        A sequence, not a generator: one is made per record.
         """
         if (alias := self._unmapped_alias) is not None:
             return ((alias, record),)
-        if self._deselects_properties:
-            pop_deselected_record_properties(record, self.schema, self.mask)
         return [
             (stream_map.stream_alias, mapped)
             for stream_map in self.stream_maps
             if (mapped := stream_map.transform(record)) is not None
         ]
-
-    def _generate_record_messages(
-        self, record: dict[str, t.Any]
-    ) -> Generator[RecordMessage, None, None]:
-        for stream, mapped in self._mapped_records(record):
-            yield RecordMessage(
-                stream=stream,
-                record=mapped,
-                version=self._stream_version,
-                time_extracted=datetime.datetime.now(datetime.UTC),
-            )
 
     # --- BATCH messages (tap_analytics.batches) -----------------------------
 
@@ -434,12 +414,17 @@ class AnalyticsStream(RESTStream[t.Any]):
         # A field beyond the schema would be dropped silently by schema-driven
         # targets: the contract decides, and a grown schema goes out before the
         # record. Only its quick check runs for every record, written out here
-        # (SchemaContract.fits; a call per record costs a sixth more).
-        # A plain attribute, not the property: read for every record.
-        contract = self._contract or self.schema_contract
+        # (the one copy; see SchemaContract). Deselected properties go first, as
+        # in the SDK's record path: the contract never sees them.
+        if self._deselects_properties:
+            pop_deselected_record_properties(record, self.schema, self.mask)
+        contract = self._contract
         fits = contract.covers(record)
         for name, types in contract.typed:
             fits = fits and type(record.get(name)) in types
+        if fits:
+            for name in contract.null_fields:  # known as null so far: nothing to load
+                record.pop(name, None)
         grew = not fits and self.apply_schema_contract(record)
         batches = self._batches
         if batches is None:

@@ -24,7 +24,9 @@ schema in every mode, their variant fields included.
 
 A field whose value is null adds nothing (no type to announce, nothing to load):
 it is dropped from the record in every mode until it has a value, as dlt creates
-no column for a field that has only been null.
+no column for a field that has only been null. The contract knows it as null so
+far (``null_fields``), so the records that carry it pass the quick check; its
+first value that is not null fails it, and the field is then added as any other.
 
 Documented fields keep their documented types and are not checked: checking every
 field of every record would cost more than the whole contract may (a set
@@ -87,6 +89,8 @@ _FITS: dict[str, frozenset[type]] = {
     "object": frozenset({dict, type(None)}),
     "array": frozenset({list, type(None)}),
 }
+#: What fits a field known as null so far: null only.
+_NULL_ONLY: frozenset[type] = frozenset({type(None)})
 
 
 def json_type(value: t.Any) -> str:
@@ -101,7 +105,16 @@ def property_schema(type_name: str) -> Schema:
 
 
 class SchemaContract:
-    """The contract of one stream's records with the schema it announced."""
+    """The contract of one stream's records with the schema it announced.
+
+    Every record goes through a quick check, which the record writer
+    (``AnalyticsStream._write_record_message``) runs inline, as a call per record
+    would cost a sixth more: a record fits as it is when ``covers(record)`` and
+    ``type(record.get(name)) in types`` for each ``(name, types)`` of ``typed``,
+    and then only loses its ``null_fields``. Any other record goes to
+    :meth:`apply`. The three attributes are made anew when the contract learns a
+    field (``_refresh``).
+    """
 
     def __init__(
         self,
@@ -116,8 +129,8 @@ class SchemaContract:
         self._logger = logger
         self._known = set(fields)
         self._json_types: dict[str, str] = {}  # each field this tap typed: its type
-        #: (field, the types that fit it) for each field this tap typed
-        self.typed: tuple[tuple[str, frozenset[type]], ...] = ()
+        # Fields outside the schema that have only been null so far (dict: ordered).
+        self._nulls: dict[str, None] = {}
         self._reported: set[str] = set()
         self._refresh()
 
@@ -140,26 +153,24 @@ class SchemaContract:
                 grown[name] = self._add(name, type_name)
         return grown
 
-    def fits(self, record: Record) -> bool:
-        """Does ``record`` fit the schema as it is? The check every record goes
-        through (a record writer runs it inline, see ``covers``)."""
-        if not self.covers(record):
-            return False
-        return all(type(record.get(name)) in types for name, types in self.typed)
-
-    def apply(self, record: dict[str, t.Any]) -> dict[str, Schema] | None:
-        """Make ``record`` fit the contract, in place.
+    def apply(self, record: Record) -> dict[str, Schema] | None:
+        """Make ``record`` fit the contract, in place: the slow path.
 
         Returns the properties the schema must gain before this record is
-        written, or None when it has not changed.
+        written, or None when it has not changed. The record writer calls it only
+        for a record that fails the quick check (see the class); one that passes
+        would only lose its ``null_fields`` here too.
         """
-        return None if self.fits(record) else self._settle(record)
-
-    def _settle(self, record: dict[str, t.Any]) -> dict[str, Schema] | None:
         grown: dict[str, Schema] = {}
         for name in [name for name in record if name not in self._known]:
             value = record[name]
-            if value is None or self.mode is not ContractMode.EVOLVE:
+            if value is None:  # nothing to type or load (nor to refuse) yet
+                if name not in self._nulls:
+                    self._nulls[name] = None
+                    self._refresh()
+                del record[name]
+                continue
+            if self.mode is not ContractMode.EVOLVE:
                 self._refuse(name, "is not in the schema", value)
                 del record[name]
                 continue
@@ -171,9 +182,9 @@ class SchemaContract:
                 name,
                 self._json_types[name],
             )
-        for name, types in self.typed:
+        for name, type_name in list(self._json_types.items()):
             value = record.get(name)
-            if type(value) in types:
+            if type(value) in _FITS[type_name]:
                 continue
             value_type = json_type(value)
             del record[name]
@@ -195,9 +206,7 @@ class SchemaContract:
         return grown or None
 
     def _refuse(self, name: str, problem: str, value: t.Any) -> None:
-        """A field or value the contract keeps out (a null one: always, silently)."""
-        if value is None:
-            return
+        """A field or value (never null) the contract keeps out."""
         if self.mode is ContractMode.FREEZE:
             msg = (
                 f"stream '{self.stream}': field '{name}' {problem} "
@@ -221,19 +230,21 @@ class SchemaContract:
 
     def _add(self, name: str, type_name: str) -> Schema:
         self._known.add(name)
+        self._nulls.pop(name, None)
         self._json_types[name] = type_name
-        self.typed = (*self.typed, (name, _FITS[type_name]))
         self._refresh()
         return property_schema(type_name)
 
     def _refresh(self) -> None:
-        # The check every record goes through is one set comparison plus a type
-        # check per field the tap typed; everything else is for the records that
-        # fail it. A record writer runs it inline (a call per record costs a
-        # sixth more), so its parts are attributes, made anew when the schema
-        # grows: ``covers(record)``, and ``type(record.get(name)) in types`` for
-        # each (name, types) of ``typed``.
-        self.covers = frozenset(self._known).issuperset
+        # The quick check (see the class): one set comparison per record, plus a
+        # type check per field the tap typed or knows as null so far.
+        self.covers = frozenset(self._known.union(self._nulls)).issuperset
+        self.typed: tuple[tuple[str, frozenset[type]], ...] = (
+            *((name, _FITS[json]) for name, json in self._json_types.items()),
+            *((name, _NULL_ONLY) for name in self._nulls),
+        )
+        #: Fields known as null so far: in a record that fits, null (nothing to load).
+        self.null_fields: tuple[str, ...] = tuple(self._nulls)
 
     def _report(self, field: str, level: int, message: str) -> None:
         """Log ``message`` once per run for ``field`` (dropped, or a variant)."""

@@ -104,31 +104,32 @@ def test_stream_maps_apply_to_what_the_batch_files_hold(sandbox, tmp_path):
     assert {record["name"] for record in spaces} == {"hidden"}
 
 
-def test_a_schema_change_ends_the_batch_before_the_new_schema(
-    sandbox, tmp_path, monkeypatch
-):
-    # Schema evolution (issue 17) answers True when a record brings a new field.
-    seen = {"n": 0}
-
-    def contract(self: Any, record: dict[str, Any]) -> bool:
-        seen["n"] += self.name == "connections"
-        return self.name == "connections" and seen["n"] == 30
-
-    monkeypatch.setattr(
-        "tap_analytics.client.AnalyticsStream.apply_schema_contract", contract
-    )
-    server = sandbox()
+def test_a_schema_change_ends_the_batch_before_the_new_schema(sandbox, tmp_path):
+    # A new field from the middle connection on (no other undocumented field):
+    # the schema contract grows the schema there, and only there.
+    server = sandbox(extra_field=None, halfway_field="added")
     output = sync(v1_config(server, batch_config=batch_config(tmp_path)))
     connections = [
-        (m["type"], len(m.get("records", [])))
+        (
+            m["type"],
+            len(m.get("records", [])),
+            "added" in m.get("schema", {}).get("properties", {}),
+        )
         for m in output.messages
         if m.get("stream") == "connections" and m["type"] in ("SCHEMA", "BATCH")
     ]
-    # 120 connections: 29 under the first SCHEMA, the rest under the second (in
+    # 120 connections: 60 under the first SCHEMA, the rest under the second (in
     # two batches: the STATE after 100 records closes one).
-    assert connections[:3] == [("SCHEMA", 0), ("BATCH", 29), ("SCHEMA", 0)]
-    assert [kind for kind, _ in connections[3:]] == ["BATCH", "BATCH"]
-    assert sum(count for _, count in connections[3:]) == 91
+    assert connections[:3] == [
+        ("SCHEMA", 0, False),
+        ("BATCH", 60, False),
+        ("SCHEMA", 0, True),
+    ]
+    assert [kind for kind, _, _ in connections[3:]] == ["BATCH", "BATCH"]
+    assert sum(count for _, count, _ in connections[3:]) == 60
+    batched = output.records["connections"]
+    assert not any("added" in record for record in batched[:60])
+    assert all("added" in record for record in batched[60:])
 
 
 def test_a_target_that_opens_no_batch_file_fails_the_run_in_one_line(

@@ -10,7 +10,9 @@ with what the sandbox served.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -314,6 +316,36 @@ def test_a_deselected_property_never_reaches_the_target(sandbox):
     assert all(record["extra_note"] for record in loaded["workspaces"])
 
 
+def test_a_deselected_variant_field_never_reaches_the_target(sandbox):
+    # The catalog deselects the field a string `score` goes to: its values are
+    # dropped, not sent under another name, and the types an earlier run gave
+    # stay in the state.
+    server = sandbox(v1_jobs=300, **UNDOCUMENTED)
+    config = v1_config(server)
+    first = sync(config)
+    catalog = TapAnalytics(config=config).catalog_dict
+    [connections] = [
+        s for s in catalog["streams"] if s["tap_stream_id"] == "connections"
+    ]
+    variant = ["properties", "score__v_string"]
+    connections["metadata"].append(
+        {"breadcrumb": variant, "metadata": {"selected": False}}
+    )
+    for state in (None, first.final_state):
+        out = sync(config, state=state, catalog=catalog)
+        loaded = loadable(out)["connections"]  # nothing unannounced
+        assert len(loaded) == len(served(server, "v1")["connections"])
+        assert all(not name.startswith("score__") for r in loaded for name in r)
+        assert all(isinstance(r["score"], int) for r in loaded[:60])
+        assert all("score" not in r for r in loaded[60:])
+        assert out.final_state["bookmarks"]["connections"][STATE_KEY] == {
+            "extra_note": "string",
+            "added": "string",
+            "score": "integer",
+            "score__v_string": "string",
+        }
+
+
 # --- the contract itself (the tap's hot path) -------------------------------------
 
 
@@ -341,6 +373,40 @@ def test_a_null_field_adds_nothing_until_it_has_a_value():
     frozen = contract(ContractMode.FREEZE)
     assert frozen.apply(record := {"jobId": 1, "later": None}) is None
     assert record == {"jobId": 1}
+
+
+def test_a_field_that_has_only_been_null_passes_the_quick_check(monkeypatch):
+    # The record writer's quick check (AnalyticsStream._write_record_message) lets
+    # a record through as is; any other takes the slow path, SchemaContract.apply.
+    slow_path: list[str] = []
+    apply = SchemaContract.apply
+
+    def counted(self: SchemaContract, record: dict[str, Any]) -> Any:
+        slow_path.append(record["uid"])
+        return apply(self, record)
+
+    monkeypatch.setattr(SchemaContract, "apply", counted)
+    tap = TapAnalytics(config={"base_url": "http://127.0.0.1:9", "api_key": "k"})
+    stream = tap.streams["workflows"]
+    records = [{"uid": f"w{i}", "name": "n", "gone": None} for i in range(100)]
+    records[60]["gone"] = "back"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        stream._write_schema_message()
+        for record in records:
+            stream._write_record_message(record)
+    out = Output.parse(buffer.getvalue())
+
+    # the first record makes `gone` known as null; its first value, the next
+    assert slow_path == ["w0", "w60"]
+    written = loadable(out)["workflows"]
+    assert [r["uid"] for r in written] == [r["uid"] for r in records]
+    assert all("gone" not in r for r in written[:60])  # nothing to load yet
+    assert [r["gone"] for r in written[60:]] == ["back"] + [None] * 39
+    first, grown = schemas_of(out, "workflows")
+    assert "gone" not in first
+    assert grown["gone"] == {"type": ["string", "null"]}
+    assert stream.stream_state[STATE_KEY] == {"gone": "string"}
 
 
 @pytest.mark.parametrize(
