@@ -14,6 +14,7 @@ from pathlib import Path
 import simplejson  # the parser the SDK reads these files with
 
 from tap_analytics.errors import InputFileError, StateError
+from tap_analytics.schema_contract import STATE_KEY
 from tap_analytics.timestamps import parse_timestamp
 
 if t.TYPE_CHECKING:
@@ -77,19 +78,38 @@ def state_problem(
                 f"jq .singer_state {unwrap_paths(path)}"
             ),
         )
-    bookmarks = state.get("bookmarks")
+    # The SDK reads the state's parts as objects (a traceback otherwise), and so
+    # does the schema contract its STATE_KEY.
+    bookmarks = state.get("bookmarks", {})
+    if not isinstance(bookmarks, dict):
+        return _not_this_taps(f"has bookmarks that are {json_kind(bookmarks)}")
+    for name, bookmark in bookmarks.items():  # the other family's streams too
+        if not isinstance(bookmark, dict):
+            kind = json_kind(bookmark)
+            return _not_this_taps(f"has a bookmark of stream '{name}' that is {kind}")
+        if not isinstance(inferred := bookmark.get(STATE_KEY, {}), dict):
+            kind = json_kind(inferred)
+            return _not_this_taps(f"has {STATE_KEY} of stream '{name}' that are {kind}")
     for name, stream in streams.items():
-        bookmark = bookmarks.get(name) if isinstance(bookmarks, dict) else None
-        if stream.replication_key is None or not isinstance(bookmark, dict):
+        bookmark = bookmarks.get(name)
+        if stream.replication_key is None or bookmark is None:
             continue
         for entry in [bookmark, *bookmark.get("partitions", [])]:
-            if problem := bookmark_problem(entry, stream):
+            if wrong := bookmark_problem(entry, stream):
                 return StateError(
-                    f"has a bookmark of stream '{name}' {problem} (a state of "
+                    f"has a bookmark of stream '{name}' {wrong} (a state of "
                     "another tap?)",
                     lambda _: "give this tap's last STATE, or no --state (a full sync)",
                 )
     return None
+
+
+def _not_this_taps(problem: str) -> StateError:
+    """A state whose shape is not one this tap writes: ``problem``, not an object."""
+    return StateError(
+        f"{problem}, not an object (a state of another tap?)",
+        lambda _: "give this tap's last STATE, or no --state (a full sync)",
+    )
 
 
 def bookmark_problem(entry: t.Any, stream: Stream) -> str | None:

@@ -133,6 +133,22 @@ def state_cases(path):
             "has a bookmark of stream 'jobs' on 'lastUpdatedAt' whose value is not "
             f"an ISO-8601 timestamp {another_tap} (a full sync)",
         ),
+        # Shapes the SDK (and the schema contract) would end in a traceback on.
+        "bookmarks not an object": (
+            {"bookmarks": []},
+            "has bookmarks that are an array, not an object "
+            f"{another_tap} (a full sync)",
+        ),
+        "another family's bookmark not an object": (
+            {"bookmarks": {"workflows": "x"}},
+            "has a bookmark of stream 'workflows' that is a string, not an object "
+            f"{another_tap} (a full sync)",
+        ),
+        "inferred_properties not an object": (
+            {"bookmarks": {"connections": {"inferred_properties": []}}},
+            "has inferred_properties of stream 'connections' that are an array, not "
+            f"an object {another_tap} (a full sync)",
+        ),
     }
 
 
@@ -143,6 +159,9 @@ def state_cases(path):
         "bookmark on another key",
         "bookmark on no key",
         "bookmark not a timestamp",
+        "bookmarks not an object",
+        "another family's bookmark not an object",
+        "inferred_properties not an object",
     ],
 )
 def test_a_state_that_is_not_this_taps_fails_before_anything_is_emitted(
