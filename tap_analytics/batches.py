@@ -80,6 +80,17 @@ class BatchNotReadError(TapAnalyticsError):
     """The target opened no batch file for too long: it does not read BATCH."""
 
 
+class BatchWriteError(TapAnalyticsError):
+    """A batch file could not be made or written (no space left, a file too large)."""
+
+
+def _cannot_write(directory: str, exc: OSError) -> str:
+    return (
+        f"cannot write a batch file in {directory} (setting "
+        f"'batch_config.storage.root'): {exc.strerror or exc}"
+    )
+
+
 def batch_config_schema(sdk_schema: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     """The SDK's ``batch_config`` schema, saying what :class:`BatchSettings` reads
     and refuses: ``batch_size``, which the SDK reads but does not declare, and
@@ -137,6 +148,10 @@ class BatchSettings:
         if not sys.platform.startswith("linux"):
             msg = "setting 'batch_config': BATCH messages need Linux (/proc, inotify)"
             raise ConfigError(msg)
+        try:  # before any record: a directory where no file can be made
+            os.close(_unnamed_file(directory))
+        except OSError as exc:
+            raise BatchWriteError(_cannot_write(directory, exc)) from None
         # Its type and minimum are the settings schema's to check (batch_config_schema).
         batch_size = raw.get("batch_size")
         return cls(directory, DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
@@ -205,9 +220,11 @@ class _BatchFile:
 
     def close(self) -> None:
         if self.fd >= 0:
-            self.out.close()  # flushes; the raw file does not own the descriptor
-            os.close(self.fd)
-            self.fd = -1
+            try:
+                self.out.close()  # flushes; the raw file does not own the descriptor
+            finally:
+                os.close(self.fd)
+                self.fd = -1
 
 
 def _unnamed_file(directory: str) -> int:
@@ -242,13 +259,14 @@ class BatchOutput:
     def write(self, stream: str, record: dict[str, t.Any]) -> None:
         """Add ``record`` to the open batch of ``stream``; announce it when full."""
         batch = self._open.get(stream)
-        if batch is None:
-            batch = self._open[stream] = _BatchFile(self.settings.directory)
         try:
+            if batch is None:
+                batch = self._open[stream] = _BatchFile(self.settings.directory)
             batch.out.write(serialize_jsonl(record))  # the SDK's JSON encoding
-        except OSError:  # disk full: half a line, never handed over
-            batch.broken = True
-            raise
+        except OSError as exc:  # disk full: half a line, never handed over
+            if batch is not None:
+                batch.broken = True
+            raise BatchWriteError(_cannot_write(self.settings.directory, exc)) from None
         batch.records += 1
         if batch.records >= self.settings.batch_size:
             self.announce(stream)
@@ -260,9 +278,14 @@ class BatchOutput:
             return
         if batch.broken:
             del self._open[stream]
-            batch.close()
+            with contextlib.suppress(OSError):  # its buffer cannot be written either
+                batch.close()
             return
-        batch.out.flush()
+        try:
+            batch.out.flush()
+        except OSError as exc:
+            batch.broken = True
+            raise BatchWriteError(_cannot_write(self.settings.directory, exc)) from None
         # Watched before the target can know of it, so that no open is missed.
         self._unopened[self._watch.watch(batch.path)] = batch
         self._write_message(

@@ -10,10 +10,13 @@ import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tap_analytics.tap import TapAnalytics
 from tap_analytics.timestamps import parse_timestamp
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: Each stream's primary key, by family.
 V1_KEYS = {"jobs": "jobId", "connections": "connectionId", "workspaces": "workspaceId"}
@@ -209,8 +212,10 @@ def run_cli(
     tmp_path: Any = None,
     env: dict[str, str] | None = None,
     timeout: float = 60,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> CliRun:
-    """Run the installed ``tap-analytics`` command, as Meltano or a shell would."""
+    """Run the installed ``tap-analytics`` command, as Meltano or a shell would
+    (``preexec_fn``: set a limit of its process, say)."""
     argv = [os.path.join(os.path.dirname(sys.executable), "tap-analytics"), *args]
     if config is not None:
         path = tmp_path / "config.json"
@@ -223,5 +228,6 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
         check=False,
+        preexec_fn=preexec_fn,
     )
     return CliRun(done.returncode, done.stdout, done.stderr)

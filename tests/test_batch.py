@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import resource
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -180,3 +181,47 @@ def test_an_unusable_batch_config_is_one_line(
     assert run.stdout == ""
     prefix = "tap-analytics: error: setting 'batch_config': "
     assert run.last_stderr_line.startswith(prefix + problem)
+
+
+def test_a_batch_file_that_cannot_be_written_ends_the_run_in_one_line(
+    sandbox, tmp_path
+):
+    # Files of at most 1 KiB (RLIMIT_FSIZE: the kernel refuses more, as a full
+    # disk would): the first batch handed over cannot be flushed. One line naming
+    # the setting, and no BATCH message or STATE for what was not written.
+    server = sandbox()
+    config = v1_config(server, batch_config=batch_config(tmp_path, batch_size=50))
+    directory = str(tmp_path)
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    run = run_cli(config=config, tmp_path=tmp_path, preexec_fn=limit_file_size)
+    assert run.returncode == 1
+    assert run.last_stderr_line == (
+        f"tap-analytics: error: cannot write a batch file in {directory} (setting "
+        "'batch_config.storage.root'): File too large"
+    )
+    assert "Traceback" not in run.stderr
+    assert '"type":"BATCH"' not in run.stdout
+    assert '"type":"STATE"' not in run.stdout
+
+
+def test_a_storage_root_where_no_file_can_be_made_fails_before_any_request(
+    sandbox, tmp_path
+):
+    server = sandbox()
+    config = v1_config(
+        server,
+        batch_config={
+            "encoding": {"format": "jsonl"},
+            "storage": {"root": "file:///proc"},
+        },
+    )
+    run = run_cli(config=config, tmp_path=tmp_path)
+    assert run.returncode == 1
+    assert run.last_stderr_line.startswith(
+        "tap-analytics: error: cannot write a batch file in /proc (setting "
+        "'batch_config.storage.root'): "
+    )
+    assert server.requests == []

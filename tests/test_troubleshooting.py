@@ -35,6 +35,7 @@ MESSAGE_FUNCTIONS = {
     "unknown_settings",  # a WARNING, listed too
     "message",  # RunInterrupted: the last line of an interrupted run
     "_invalid",  # loaded_results.py: a job_results state entry it cannot read
+    "_cannot_write",  # batches.py: a batch file that cannot be made or written
     "request_failure",  # errors.py: `cannot reach GET …: timed out`, and the like
 }
 # Error arguments that carry messages read elsewhere: another error's parts
