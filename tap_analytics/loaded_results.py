@@ -65,11 +65,13 @@ class RunClock:
 
     The first response of a run is always read before any job list (job lists are
     children of ``/v3/workflows``), so every list was read at this time or later.
-    A response without a usable ``Date`` leaves the local clock at the run's start.
+    A first response without a usable ``Date`` leaves it None: the local clock
+    may be ahead of the server's, and a W taken from it could pass jobs not yet
+    listed (see the module's "Why W - lookback is enough").
     """
 
     def __init__(self) -> None:
-        self.started_at = datetime.datetime.now(datetime.UTC)
+        self.started_at: datetime.datetime | None = None
         self._from_server = False
 
     def observe(self, response: requests.Response) -> None:
@@ -144,9 +146,13 @@ class LoadedResults:
     def watermark(self) -> datetime.datetime | None:
         return self._watermark
 
-    def complete(self, run_started_at: datetime.datetime) -> None:
-        """Every listed job's results are written: move W on, drop covered uids."""
-        if self._newest is not None:
+    def complete(self, run_started_at: datetime.datetime | None) -> None:
+        """Every listed job's results are written: move W on, drop covered uids.
+
+        Without the server's time at the run's start, W stays (the loaded jobs are
+        kept by uid instead): nothing is skipped, the STATE grows.
+        """
+        if self._newest is not None and run_started_at is not None:
             reached = min(self._newest, run_started_at)
             if self._watermark is None or reached > self._watermark:
                 self._watermark = reached

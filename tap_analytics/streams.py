@@ -344,7 +344,13 @@ class V3JobResultsStream(V3Stream, ChildStream):
         if not self.selected:
             return
         loaded = self.loaded_results
-        loaded.complete(self.analytics_tap.run_clock.started_at)
+        started_at = self.analytics_tap.run_clock.started_at
+        if started_at is None:
+            self.logger.warning(
+                "The API's first response had no Date header: the job_results "
+                "watermark stays where it was (the STATE keeps this run's job uids)"
+            )
+        loaded.complete(started_at)
         self.state_manager.is_flushed = False
         self._write_state_message()
         watermark = "none" if loaded.watermark is None else loaded.watermark.isoformat()

@@ -14,6 +14,8 @@ import math
 import signal
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from tap_analytics import concurrency
 from tests.tap_runner import Output, run_cli, sync, v3_config
 from tests.test_interrupts import RunningTap
@@ -152,15 +154,19 @@ def assert_state_after_each_job(out: Output) -> None:
     assert pending is None
 
 
+@pytest.mark.parametrize(
+    "date_header", [True, False], ids=["server-date", "no-date-header"]
+)
 def test_a_long_run_cannot_let_a_job_listed_late_fall_behind_its_watermark(
-    sandbox, monkeypatch
+    sandbox, monkeypatch, date_header
 ):
     # A run reads workflows one after another for as long as results take. Jobs
     # that finish meanwhile in workflows it has already read are missing from
     # it, while later workflows list jobs that finished after them: a watermark
     # at the newest finish_time seen would pass them, and the next run would
-    # never ask for their results.
-    server = sandbox(**ACCOUNT)
+    # never ask for their results. Without a Date header (a proxy that strips it)
+    # the local clock, years ahead of the sandbox's, must not stand in for it.
+    server = sandbox(**ACCOUNT, date_header=date_header)
     config = v3_config(server, max_concurrent_requests=1)
     workflows = [w["uid"] for w in server.dataset["v3"]["workflows"]]
     added: list[str] = []

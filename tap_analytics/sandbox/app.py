@@ -227,7 +227,7 @@ class Api:
             response = _error(500, "sandbox internal error")
         if rate_headers:
             response = replace(response, headers=response.headers + rate_headers)
-        if url.path.startswith("/v3/"):
+        if url.path.startswith("/v3/") and self.config.date_header:
             date = (("Date", formatdate(self._v3_clock, usegmt=True)),)
             response = replace(response, headers=response.headers + date)
         query: dict[str, list[str]] = {}

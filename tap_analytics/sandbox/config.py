@@ -29,6 +29,8 @@ class SandboxConfig:
     v1_not_ended_share: float = 0.1
     cursor_shape: CursorShape = "url"
     link_origin: str | None = None
+    #: A proxy that strips headers: no ``Date`` on any response.
+    date_header: bool = True
     end_marker: EndMarker = "real"
     extra_field: str | None = "extra_note"
     halfway_field: str | None = None

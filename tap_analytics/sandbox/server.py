@@ -156,7 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
             f"Content-Length: {len(response.body)}",
             *(f"{name}: {value}" for name, value in response.headers),
         ]
-        if not any(name.lower() == "date" for name, _ in response.headers):
+        if self.server.api.config.date_header and not any(
+            name.lower() == "date" for name, _ in response.headers
+        ):
             lines.append(f"Date: {self.date_time_string()}")  # v3 sends its own
         if self.close_connection:
             lines.append("Connection: close")
