@@ -466,6 +466,13 @@ class AnalyticsStream(RESTStream[t.Any]):
         if self.child_streams:
             yield from super().generate_child_contexts(record, context)
 
+    def sync_starting(self) -> None:
+        """Called once, in the main thread, before any stream of the run syncs.
+
+        For what the page pool's workers read later: made here, it is made once,
+        and not while the main thread writes the state it may read.
+        """
+
     def sync_completed(self) -> None:
         """Called once every stream of the run has synced without an error.
 

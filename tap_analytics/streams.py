@@ -303,8 +303,15 @@ class V3JobResultsStream(V3Stream, ChildStream):
 
     @cached_property
     def loaded_results(self) -> LoadedResults:
+        """Which jobs' results are loaded; pool workers ask it which to fetch."""
         minutes = int(self.analytics_tap.setting("job_results_lookback_minutes"))
         return LoadedResults(self.stream_state, datetime.timedelta(minutes=minutes))
+
+    def sync_starting(self) -> None:
+        # Made now, in the main thread, not by the first worker that asks: a
+        # cached_property takes no lock since Python 3.12, and making it reads (and
+        # adds, if missing) its entry in the state the main thread writes.
+        self.loaded_results  # noqa: B018 (made here, used later)
 
     def get_records(self, context: Context | None) -> Iterable[Record]:
         written = 0

@@ -274,6 +274,8 @@ class TapAnalytics(Tap):
     # the run's summary belongs.
     def sync_all(self) -> None:  # type: ignore[misc]
         run_stats = self.run_stats  # made here at the latest: its clock starts
+        for stream in self.streams.values():
+            t.cast("AnalyticsStream", stream).sync_starting()
         super().sync_all()
         for stream in self.streams.values():
             t.cast("AnalyticsStream", stream).sync_completed()

@@ -12,11 +12,12 @@ import datetime
 import json
 import math
 import signal
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tap_analytics import concurrency
+from tap_analytics import concurrency, loaded_results
 from tests.tap_runner import Output, run_cli, sync, v3_config
 from tests.test_interrupts import RunningTap
 
@@ -377,3 +378,20 @@ def test_state_output_stays_small_when_jobs_have_one_result_each(sandbox):
     assert results > 1000
     assert len(out.states) < 30
     assert sum(len(json.dumps(state)) for state in out.states) < 2 * 80 * results
+
+
+def test_the_loaded_results_are_made_in_the_main_thread(sandbox, monkeypatch):
+    # Pool workers ask it which jobs to fetch; made by the first of them, it would
+    # read (and add) its state entry while the main thread writes the state.
+    made_in: list[str] = []
+    init = loaded_results.LoadedResults.__init__
+
+    def recording_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        made_in.append(threading.current_thread().name)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(loaded_results.LoadedResults, "__init__", recording_init)
+    server = sandbox(latency_ms=5)
+    out = sync(v3_config(server, max_concurrent_requests=8))
+    assert made_in == [threading.main_thread().name]
+    assert set(out.keys("job_results", "job_result_id")) == all_result_ids(server)
