@@ -32,6 +32,8 @@ _HELP = {
     "link_origin": "scheme://host[:port] written into v1 `next` and v3 "
     "`paging.next` instead of the server's own (self-hosted deployments write their "
     "internal host, e.g. http://airbyte-airbyte-server-svc:8001)",
+    "date_header": "send a Date header on every answer; false plays a proxy that "
+    "strips it (the tap then keeps the job_results watermark where it was)",
     "end_marker": 'v1 `next`: "real" sets it on every non-empty page, "" only on '
     "an empty one; null, absent or empty end the page that reaches the end instead",
     "extra_field": "name of an undocumented field on every record of every stream "
