@@ -118,17 +118,26 @@ class Scenario:
         }
 
 
+#: v1-bulk's and v1-latency's data, timed for the tap alone and end to end.
+V1_BULK_DATA: dict[str, int | str] = {
+    "v1_jobs": 200_000,
+    "v1_connections": 20_000,
+    "v1_workspaces": 2_000,
+    "latency_ms": 0,
+}
+V1_LATENCY_DATA: dict[str, int | str] = {
+    "latency_ms": 20,
+    "v1_jobs": 40_000,
+    "v1_connections": 1_000,
+    "v1_workspaces": 100,
+}
+
 SCENARIOS = {
     # CPU-bound: no latency, so the time goes to parsing, validating and writing.
     "v1-bulk": Scenario(
         name="v1-bulk",
         family="v1",
-        settings={
-            "v1_jobs": 200_000,
-            "v1_connections": 20_000,
-            "v1_workspaces": 2_000,
-            "latency_ms": 0,
-        },
+        settings=V1_BULK_DATA,
         # The sandbox plays the real server (limit 1..100, jobs without a time).
         # Smoke: 8 pages, too few to split `jobs` into windows (that takes 8 full
         # ones), so its requests are a serial run's, whatever the timing.
@@ -163,12 +172,7 @@ SCENARIOS = {
     "v1-latency": Scenario(
         name="v1-latency",
         family="v1",
-        settings={
-            "latency_ms": 20,
-            "v1_jobs": 40_000,
-            "v1_connections": 1_000,
-            "v1_workspaces": 100,
-        },
+        settings=V1_LATENCY_DATA,
         # Too few pages to split `jobs` into windows (so the requests are those
         # of a serial run); the other streams are still fetched ahead.
         smoke={
@@ -265,12 +269,7 @@ SCENARIOS = {
     "v1-bulk-postgres": Scenario(
         name="v1-bulk-postgres",
         family="v1",
-        settings={
-            "v1_jobs": 200_000,
-            "v1_connections": 20_000,
-            "v1_workspaces": 2_000,
-            "latency_ms": 0,
-        },
+        settings=V1_BULK_DATA,
         smoke={},
         scaled=("v1_jobs", "v1_connections", "v1_workspaces"),
         postgres=True,
@@ -278,12 +277,7 @@ SCENARIOS = {
     "v1-latency-postgres": Scenario(
         name="v1-latency-postgres",
         family="v1",
-        settings={
-            "latency_ms": 20,
-            "v1_jobs": 40_000,
-            "v1_connections": 1_000,
-            "v1_workspaces": 100,
-        },
+        settings=V1_LATENCY_DATA,
         smoke={},
         scaled=("v1_jobs", "v1_connections", "v1_workspaces"),
         postgres=True,

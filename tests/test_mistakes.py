@@ -283,13 +283,24 @@ def run_v3_against(
     return run, base_url
 
 
-class _CutShortHandler(socketserver.StreamRequestHandler):
-    """Answers every request with a chunked body that ends mid-chunk."""
+class _OneAnswerHandler(socketserver.StreamRequestHandler):
+    """Reads a request's head, then writes ``answer(path)`` as it is."""
 
     def handle(self) -> None:
+        path = self.rfile.readline().split()[1]
         while self.rfile.readline() not in (b"\r\n", b""):
-            pass  # the request's head
-        self.wfile.write(
+            pass  # the rest of the request's head
+        self.wfile.write(self.answer(path))
+
+    def answer(self, path: bytes) -> bytes:
+        raise NotImplementedError
+
+
+class _CutShortHandler(_OneAnswerHandler):
+    """Answers every request with a chunked body that ends mid-chunk."""
+
+    def answer(self, path: bytes) -> bytes:
+        return (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             b'Transfer-Encoding: chunked\r\n\r\n40\r\n{"data": ['
         )
@@ -321,17 +332,14 @@ def test_a_batch_size_below_one_is_one_line(sandbox, tmp_path, batch_size):
     assert server.requests == []
 
 
-class _RedirectLoopHandler(socketserver.StreamRequestHandler):
+class _RedirectLoopHandler(_OneAnswerHandler):
     """Answers every request with a redirect to itself, and counts them."""
 
     requests = 0
 
-    def handle(self) -> None:
-        path = self.rfile.readline().split()[1]
-        while self.rfile.readline() not in (b"\r\n", b""):
-            pass  # the rest of the request's head
+    def answer(self, path: bytes) -> bytes:
         type(self).requests += 1
-        self.wfile.write(
+        return (
             b"HTTP/1.1 302 Found\r\nLocation: " + path + b"\r\n"
             b"Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
@@ -345,6 +353,5 @@ def test_a_failure_that_is_not_retried_does_not_say_it_gave_up(tmp_path):
     assert run.last_stderr_line == (
         f"tap-analytics: error: GET {base_url}/v3/workflows failed: TooManyRedirects"
     )
-    assert (
-        _RedirectLoopHandler.requests == 31
-    )  # one request, followed 30 times: not retried
+    # One request, followed 30 times: not retried.
+    assert _RedirectLoopHandler.requests == 31

@@ -799,13 +799,16 @@ def test_random_faults_never_hit_the_token_endpoint_and_stop_after_a_streak(sand
     assert [r["fault"] for r in log[1:]] == [s != 200 for s in statuses]
 
 
+def one_job_pages(server: Any, count: int) -> list[requests.Response]:
+    """``count`` distinct /v1/jobs requests of one job each (offsets 0, 1, …)."""
+    session = v1_session(server)
+    url = f"{server.base_url}/v1/jobs"
+    return [session.get(url, params={"offset": i, "limit": 1}) for i in range(count)]
+
+
 def test_fault_rate_injects_a_share_of_faults_with_retry_after(sandbox):
     server = sandbox(fault_rate=0.3, fault_retry_after="0", max_consecutive_faults=1)
-    session = v1_session(server)
-    responses = [
-        session.get(f"{server.base_url}/v1/jobs", params={"offset": i, "limit": 1})
-        for i in range(100)
-    ]
+    responses = one_job_pages(server, 100)
     faults = [r for r in responses if r.status_code != 200]
     assert 12 <= len(faults) <= 50
     assert {r.status_code for r in faults} == {429, 500, 502, 503, 504}
@@ -816,11 +819,7 @@ def test_fault_rate_injects_a_share_of_faults_with_retry_after(sandbox):
 def test_shed_rate_answers_a_share_with_a_bare_429(sandbox):
     # The real server's load shedding: 429, no Retry-After, no rate headers.
     server = sandbox(shed_rate=0.2, max_consecutive_faults=1)
-    session = v1_session(server)
-    responses = [
-        session.get(f"{server.base_url}/v1/jobs", params={"offset": i, "limit": 1})
-        for i in range(200)
-    ]
+    responses = one_job_pages(server, 200)
     shed = [r for r in responses if r.status_code != 200]
     assert 20 <= len(shed) <= 60
     assert {r.status_code for r in shed} == {429}
@@ -828,6 +827,7 @@ def test_shed_rate_answers_a_share_with_a_bare_429(sandbox):
         names = {name.lower() for name in response.headers}
         assert not {name for name in names if "ratelimit" in name or "retry" in name}
     # a URL is shed at most max_consecutive_faults times in a row
+    session = v1_session(server)
     url = f"{server.base_url}/v1/workspaces"
     statuses = [session.get(url).status_code for _ in range(40)]
     assert all(a == 200 or b == 200 for a, b in itertools.pairwise(statuses))
