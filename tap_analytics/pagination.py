@@ -131,6 +131,10 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
         self.reached_end_of_list = False
         self._passed_end = False
         self._instants: list[datetime.datetime] = []
+        #: For windows (``on_page`` set): the jobs without a time emitted after the
+        #: last job with one, by jobId, as received (the stream edits what it
+        #: emits). They may be at or past ``end``: the next window may list them.
+        self.untimed_at_end: dict[t.Any, dict[str, t.Any]] = {}
         #: The last page, for the thread that reads the list (window 0 is read by
         #: one thread, serially): how long that thread waited for it (the time from
         #: the previous page's end to this page's arrival, less the thread's own
@@ -193,8 +197,15 @@ class JobsKeysetPaginator(BaseAPIPaginator[Keyset]):
             if past:
                 self._passed_end = True
                 new = new[: past[0]]
-        if self._on_page is not None:  # its only reader
+        if self._on_page is not None:  # windows: their only reader
             self._instants = [at for _, at in new if at is not None]
+            timed = len(new)
+            while timed and new[timed - 1][1] is None:
+                timed -= 1
+            if timed:
+                self.untimed_at_end = {}
+            for job, _ in new[timed:]:
+                self.untimed_at_end[job.get("jobId")] = dict(job)
         return [job for job, _ in new]
 
     def _check_order(

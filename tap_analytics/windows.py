@@ -126,35 +126,38 @@ class KeysetWindows:
         return self._windows[context["window"]].paginator
 
     def records(self) -> Iterator[Record]:
-        """Every window's jobs, window after window (main thread)."""
+        """Every window's jobs, window after window (main thread).
+
+        Chained in C (``itertools.chain``): a generator here would add a frame
+        to resume per job, and while nothing is split (loopback) every job
+        passes through here, as in a serial read.
+        """
+        return itertools.chain.from_iterable(self._windows_in_order())
+
+    def _windows_in_order(self) -> Iterator[Iterable[Record]]:
+        """Each window's jobs as one iterable, in order, once the one before is read."""
         window: Window | None = self._first
         # Window 0 is read here, as a serial read would: while its pages come
         # faster than they are written, a pool would only add thread switches.
-        pages: Iterable[Record] | None = self._stream.request_records(
-            self._first.context
-        )
-        # The jobs without a time a window emitted after its last job with one,
-        # as received: they may be at or past its end, so the next window may
-        # list them first. The same version is not emitted twice.
-        trailing: dict[t.Any, Record] = {}
+        jobs: Iterable[Record] = self._stream.request_records(self._first.context)
+        # The jobs without a time the window before emitted after its last job
+        # with one: they may be at or past its end, so this window may list them
+        # first. The same version is not emitted twice.
+        before: dict[t.Any, Record] = {}
         try:
             while window is not None:
-                if pages is None:
-                    pages = self._prefetcher.take_key(window.key)
-                    assert pages is not None, f"window {window.key} was dropped"
-                before, trailing = trailing, {}
-                for job in pages:
-                    if job.get("lastUpdatedAt") is None:
-                        if before.get(job.get("jobId")) == job:
-                            continue
-                        trailing[job.get("jobId")] = dict(job)  # the SDK edits it
-                    elif before or trailing:  # (not two new dicts per job)
-                        before, trailing = {}, {}
-                    yield job
-                pages = None
+                if before:
+                    jobs = iter(jobs)
+                    yield _without_repeats(jobs, before)
+                yield jobs  # the rest, as they come
+                before = window.paginator.untimed_at_end
                 with self._lock:
                     ended = window.paginator.reached_end_of_list
                     window = None if ended else window.next
+                if window is not None:
+                    taken = self._prefetcher.take_key(window.key)
+                    assert taken is not None, f"window {window.key} was dropped"
+                    jobs = taken
         finally:
             self._prefetcher.discard(list(self._windows))  # what nobody will read
 
@@ -275,6 +278,18 @@ class KeysetWindows:
             for bound in bounds
             if bound > last and (paginator.end is None or bound < paginator.end)
         )
+
+
+def _without_repeats(
+    jobs: Iterator[Record], before: dict[t.Any, Record]
+) -> Iterator[Record]:
+    """``jobs`` up to the first with a time, less the versions in ``before``."""
+    for job in jobs:
+        if job.get("lastUpdatedAt") is not None:
+            yield job
+            return
+        if before.get(job.get("jobId")) != job:
+            yield job
 
 
 def _whole_second(moment: datetime.datetime) -> datetime.datetime:
