@@ -28,7 +28,9 @@ a job missing from an early workflow's list may finish minutes before a job
 listed at the end of the run.) The lookback's margin above 5 minutes covers a
 difference between the clock of the ``Date`` header and the one that stamps
 ``finish_time``; it costs STATE size (the uids of the jobs inside it), not
-requests.
+requests. The argument needs every job list (and every listed job's results) read:
+a run that skipped one on a 404, which may be passing, leaves W where it was
+(the caller passes no start time, as when the ``Date`` header is missing).
 
 **STATE size.** After a completed run, ``loaded_jobs`` holds the successful
 jobs that finished between W - lookback and the end of the run: about

@@ -357,6 +357,17 @@ class V3JobResultsStream(V3Stream, ChildStream):
                 "The API's first response had no Date header: the job_results "
                 "watermark stays where it was (the STATE keeps this run's job uids)"
             )
+        elif self.analytics_tap.run_stats.skipped_parents:
+            # A 404 may be transient: W moved on now would pass the finished
+            # jobs of a workflow whose list was skipped (or of a job whose results
+            # were), and no later run would ask for their results.
+            self.logger.warning(
+                "Some workflows or jobs answered 404 (skipped above): the "
+                "job_results watermark stays where it was, so the next run asks "
+                "for their results if they are listed again (the STATE keeps this "
+                "run's job uids)"
+            )
+            started_at = None
         loaded.complete(started_at)
         self.state_manager.is_flushed = False
         self._write_state_message()

@@ -323,6 +323,56 @@ def test_a_job_that_answered_404_is_asked_again_while_it_is_listed(sandbox):
     assert union == all_result_ids(server)
 
 
+@pytest.mark.parametrize("gone", ["a workflow's jobs", "a job's results"])
+def test_a_404_once_keeps_the_watermark_so_the_next_run_reads_what_it_skipped(
+    sandbox, gone
+):
+    # The run skips a parent that answers 404, as one deleted since it was
+    # listed; but a 404 may be transient. Had the run moved W on, the skipped
+    # jobs, which finished long before, would fall behind W - lookback, and no
+    # later run would ask for their results.
+    data = sandbox(**ACCOUNT).dataset["v3"]  # a twin: the same seed, the same uids
+    workflow = data["workflows"][3]["uid"]
+    in_workflow = [j for j in data["jobs"] if j["workflow_uid"] == workflow]
+    if gone == "a workflow's jobs":
+        path = f"/v3/workflows/{workflow}/jobs"
+        skipped = {job["uid"] for job in in_workflow if successful(job)}
+    else:
+        job = min(
+            (j for j in in_workflow if successful(j)), key=lambda j: j["finish_time"]
+        )
+        path = f"/v3/jobs/{job['uid']}/results"
+        skipped = {job["uid"]}
+    server = sandbox(**ACCOUNT, scripted_faults=[{"path": path, "status": 404}])
+    config = v3_config(server)
+
+    first = sync(config)
+    assert not skipped & set(first.keys("job_results", "job_uid"))
+    finished = {
+        job["uid"]: instant(job["finish_time"])
+        for job in data["jobs"]
+        if job["finish_time"] is not None
+    }
+    loaded = set(first.keys("job_results", "job_uid")) & set(finished)
+    newest = max(finished[uid] for uid in loaded)
+    # The premise: one at least finished more than the lookback (30 minutes)
+    # before the newest job the run loaded.
+    assert any(
+        finished[uid] < newest - datetime.timedelta(minutes=35)
+        for uid in skipped & set(finished)
+    )
+
+    server.clear_requests()
+    second = sync(config, state=first.final_state)
+    assert set(result_pages(server)) == skipped
+    union = set(first.keys("job_results", "job_result_id")) | set(
+        second.keys("job_results", "job_result_id")
+    )
+    assert union == all_result_ids(server)
+    assert "watermark" not in entry(first)  # kept where it was: none yet
+    assert "watermark" in entry(second)  # a run without a 404 moves it on
+
+
 def test_a_state_this_tap_did_not_write_is_one_line_naming_the_key(sandbox, tmp_path):
     server = sandbox()
     state = tmp_path / "state.json"
