@@ -360,8 +360,9 @@ class V3JobResultsStream(V3Stream, ChildStream):
         elif self.analytics_tap.run_stats.skipped_parents:
             # A 404 may be transient: W moved on now would pass the finished
             # jobs of a workflow whose list was skipped (or of a job whose results
-            # were), and no later run would ask for their results.
-            self.logger.warning(
+            # were), and no later run would ask for their results. INFO: each
+            # skip had its WARNING, and there is nothing to do about it.
+            self.logger.info(
                 "Some workflows or jobs answered 404 (skipped above): the "
                 "job_results watermark stays where it was, so the next run asks "
                 "for their results if they are listed again (the STATE keeps this "
