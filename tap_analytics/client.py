@@ -559,7 +559,9 @@ class ChildStream(AnalyticsStream):
         except ParentGoneError as exc:
             assert context is not None  # only child requests raise it
             self.gone_parents.add(context["parent_id"])
-            self.analytics_tap.run_stats.count_skipped_parent(self.name)
+            self.analytics_tap.run_stats.count_skipped_parent(
+                self.name, context["parent_id"]
+            )
             parent = getattr(self.parent_stream_type, "name", "?")  # a class attribute
             when = f" after {records} records" if records else ""
             self.log(

@@ -11,10 +11,14 @@ has written all of them, no later run needs to ask for them again. The
     Uids of jobs whose results were all written and that W does not cover: the
     jobs that finished from W - lookback on, and, after an interrupted run, every
     job that run completed.
+``retry_workflows``, ``retry_jobs``
+    Uids of the workflows whose job list, and of the jobs whose results, answered
+    404 in the last completed run (present only when there were any).
 
 A job is fetched unless its uid is loaded or it finished before W - lookback; a
 job without a ``finish_time`` (or with one that is not a date-time) is always
-fetched, and never recorded.
+fetched, and never recorded. A job to retry, or listed by a workflow to retry, is
+fetched unless its uid is loaded, however long ago it finished.
 
 **Why W - lookback is enough.** A job is listed as finished at most 5 minutes
 after its ``finish_time``. A completed run sets W to the older of the newest
@@ -28,9 +32,18 @@ a job missing from an early workflow's list may finish minutes before a job
 listed at the end of the run.) The lookback's margin above 5 minutes covers a
 difference between the clock of the ``Date`` header and the one that stamps
 ``finish_time``; it costs STATE size (the uids of the jobs inside it), not
-requests. The argument needs every job list (and every listed job's results) read:
-a run that skipped one on a 404, which may be passing, leaves W where it was
-(the caller passes no start time, as when the ``Date`` header is missing).
+requests.
+
+**Parents skipped on a 404.** The argument needs every job list, and every listed
+job's results, read. A run skips the workflow or job that answers 404, as one
+deleted since it was listed; but a 404 may be passing (a restore, a replica
+behind), and W moves on past that workflow's jobs (or that job). So the run names
+them in ``retry_workflows`` and ``retry_jobs``, and the next run asks for their
+results whatever W says, if they are listed again (their results loaded before
+the 404 that W no longer lists are fetched again: the target upserts them). A
+parent that is not listed again is gone: the next completed run drops it, as it
+drops one read. The lists hold only the last run's 404s, so they do not grow
+from run to run, even when a listed parent answers 404 every time.
 
 **STATE size.** After a completed run, ``loaded_jobs`` holds the successful
 jobs that finished between W - lookback and the end of the run: about
@@ -52,10 +65,14 @@ from tap_analytics.errors import TapAnalyticsError
 from tap_analytics.timestamps import parse_timestamp
 
 if t.TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import requests
 
 WATERMARK = "watermark"
 LOADED_JOBS = "loaded_jobs"
+RETRY_WORKFLOWS = "retry_workflows"
+RETRY_JOBS = "retry_jobs"
 
 
 class InvalidStateError(TapAnalyticsError):
@@ -101,14 +118,18 @@ class LoadedResults:
         self._lock = threading.Lock()
         self._watermark = _read_watermark(state.get(WATERMARK))
         self._cutoff = None if self._watermark is None else self._watermark - lookback
-        self._loaded: list[str] = _read_loaded(state.get(LOADED_JOBS))
+        self._loaded: list[str] = _read_uids(state, LOADED_JOBS)
+        self._retry_workflows = set(_read_uids(state, RETRY_WORKFLOWS))
+        self._retry_jobs = set(_read_uids(state, RETRY_JOBS))
         self._loaded_set = set(self._loaded)
         self._pending: list[str] = []  # loaded, not yet in the state entry
         #: finish_time of the listed jobs that may stay in (or join) loaded_jobs
         self._finished: dict[str, datetime.datetime] = {}
         self._newest: datetime.datetime | None = None
 
-    def wants(self, uid: str, finish_time: t.Any) -> bool:
+    def wants(
+        self, uid: str, finish_time: t.Any, *, workflow_uid: t.Any = None
+    ) -> bool:
         """Whether the results of this listed successful job must be fetched."""
         # Without a usable finish_time: fetched every run, and never recorded.
         if not isinstance(finish_time, str):
@@ -120,7 +141,12 @@ class LoadedResults:
         with self._lock:
             if self._newest is None or finished > self._newest:
                 self._newest = finished
-            if self._cutoff is not None and finished < self._cutoff:
+            if (
+                self._cutoff is not None
+                and finished < self._cutoff
+                and uid not in self._retry_jobs
+                and workflow_uid not in self._retry_workflows
+            ):
                 return False
             self._finished[uid] = finished
             return uid not in self._loaded_set
@@ -148,12 +174,27 @@ class LoadedResults:
     def watermark(self) -> datetime.datetime | None:
         return self._watermark
 
-    def complete(self, run_started_at: datetime.datetime | None) -> None:
-        """Every listed job's results are written: move W on, drop covered uids.
+    def complete(
+        self,
+        run_started_at: datetime.datetime | None,
+        *,
+        skipped_workflows: Iterable[str] = (),
+        skipped_jobs: Iterable[str] = (),
+    ) -> None:
+        """Every listed job's results are written, but for the workflows and jobs
+        skipped on a 404: move W on, drop covered uids, name the skipped to retry.
 
         Without the server's time at the run's start, W stays (the loaded jobs are
         kept by uid instead): nothing is skipped, the STATE grows.
         """
+        for key, uids in (
+            (RETRY_WORKFLOWS, skipped_workflows),
+            (RETRY_JOBS, skipped_jobs),
+        ):
+            if retry := sorted(uids):
+                self._state[key] = retry
+            else:
+                self._state.pop(key, None)
         if self._newest is not None and run_started_at is not None:
             reached = min(self._newest, run_started_at)
             if self._watermark is None or reached > self._watermark:
@@ -162,7 +203,8 @@ class LoadedResults:
             self.publish()  # nothing finished was listed: nothing to prune
             return
         cutoff = self._watermark - self._lookback
-        # Uids not listed by this run belong to deleted jobs: they go too.
+        # Uids not listed by this run belong to deleted jobs, or to a workflow to
+        # retry, which the next run reads whatever this list says: they go too.
         self._loaded = sorted(
             uid
             for uid in self._loaded_set
@@ -183,11 +225,13 @@ def _read_watermark(value: t.Any) -> datetime.datetime | None:
         raise InvalidStateError(_invalid(WATERMARK, "an ISO-8601 date-time")) from None
 
 
-def _read_loaded(value: t.Any) -> list[str]:
+def _read_uids(state: dict[str, t.Any], key: str) -> list[str]:
+    value = state.get(key)
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(uid, str) for uid in value):
-        raise InvalidStateError(_invalid(LOADED_JOBS, "a list of job uids"))
+        what = "workflow" if key == RETRY_WORKFLOWS else "job"
+        raise InvalidStateError(_invalid(key, f"a list of {what} uids"))
     return list(value)
 
 

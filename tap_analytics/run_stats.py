@@ -17,8 +17,8 @@ class RunStats:
         self.retries = 0
         #: Records synced, by stream (as the SDK counts them: selected, before maps).
         self.records: collections.Counter[str] = collections.Counter()
-        #: Parents (by child stream name) whose child request answered 404.
-        self.skipped_parents: collections.Counter[str] = collections.Counter()
+        #: Parents (their ids, by child stream name) whose child request answered 404.
+        self.skipped_parent_ids: dict[str, set[str]] = collections.defaultdict(set)
         #: Fields the schema contract added this run: ``stream.field (type)``.
         self.added_fields: list[str] = []
 
@@ -34,9 +34,20 @@ class RunStats:
         with self._lock:
             self.records[stream] += count
 
-    def count_skipped_parent(self, stream: str) -> None:
+    def count_skipped_parent(self, stream: str, parent_id: str) -> None:
         with self._lock:
-            self.skipped_parents[stream] += 1
+            self.skipped_parent_ids[stream].add(parent_id)
+
+    @property
+    def skipped_parents(self) -> collections.Counter[str]:
+        """How many parents each child stream skipped."""
+        with self._lock:
+            return self._skipped_counts()
+
+    def _skipped_counts(self) -> collections.Counter[str]:
+        return collections.Counter(
+            {stream: len(ids) for stream, ids in self.skipped_parent_ids.items()}
+        )
 
     def count_added_field(self, stream: str, field: str, json_type: str) -> None:
         with self._lock:
@@ -46,10 +57,9 @@ class RunStats:
         """The run's last INFO line: what was synced and what it took."""
         with self._lock:
             per_stream = ", ".join(f"{n} {c:,}" for n, c in self.records.items())
-            skipped = sum(self.skipped_parents.values())
-            skipped_by_stream = ", ".join(
-                f"{n} {c:,}" for n, c in self.skipped_parents.items()
-            )
+            counts = self._skipped_counts()
+            skipped = sum(counts.values())
+            skipped_by_stream = ", ".join(f"{n} {c:,}" for n, c in counts.items())
             return (
                 f"Sync completed in {time.monotonic() - self.started:.1f} s: "
                 f"{sum(self.records.values()):,} records ({per_stream or 'none'}), "

@@ -271,7 +271,8 @@ class V3SuccessfulJobsStream(V3JobsStream):
         # SDK syncs no children for it and the page pool requests none; yielding
         # a None context instead would log a WARNING per job.
         results = t.cast("V3JobResultsStream", self.child_streams[0])
-        if results.loaded_results.wants(record["uid"], record.get("finish_time")):
+        finished, workflow = record.get("finish_time"), record.get("workflow_uid")
+        if results.loaded_results.wants(record["uid"], finished, workflow_uid=workflow):
             yield from super().generate_child_contexts(record, context)
 
 
@@ -357,29 +358,29 @@ class V3JobResultsStream(V3Stream, ChildStream):
                 "The API's first response had no Date header: the job_results "
                 "watermark stays where it was (the STATE keeps this run's job uids)"
             )
-        elif self.analytics_tap.run_stats.skipped_parents:
-            # A 404 may be transient: W moved on now would pass the finished
-            # jobs of a workflow whose list was skipped (or of a job whose results
-            # were), and no later run would ask for their results. INFO: each
-            # skip had its WARNING, and there is nothing to do about it.
-            self.logger.info(
-                "Some workflows or jobs answered 404 (skipped above): the "
-                "job_results watermark stays where it was, so the next run asks "
-                "for their results if they are listed again (the STATE keeps this "
-                "run's job uids)"
-            )
-            started_at = None
-        loaded.complete(started_at)
+        # A 404 may be passing: the next run asks for these again, whatever W says.
+        skipped = self.analytics_tap.run_stats.skipped_parent_ids
+        workflows = skipped.get(V3JobsStream.name, set()) | skipped.get(
+            V3SuccessfulJobsStream.name, set()
+        )
+        jobs = skipped.get(self.name, set())
+        loaded.complete(started_at, skipped_workflows=workflows, skipped_jobs=jobs)
         self.state_manager.is_flushed = False
         self._write_state_message()
         watermark = "none" if loaded.watermark is None else loaded.watermark.isoformat()
+        retry = (
+            f", {len(workflows)} workflows and {len(jobs)} jobs to ask again (404)"
+            if workflows or jobs
+            else ""
+        )
         self.log(
             "Fetched the results of %d jobs not loaded before; STATE now: "
-            "watermark %s, %d job uids (lookback %s minutes)",
+            "watermark %s, %d job uids (lookback %s minutes)%s",
             self._jobs_fetched,
             watermark,
             loaded.size,
             self.analytics_tap.setting("job_results_lookback_minutes"),
+            retry,
         )
 
     def get_new_paginator(self) -> BaseAPIPaginator[str | None]:

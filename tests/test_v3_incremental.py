@@ -324,53 +324,56 @@ def test_a_job_that_answered_404_is_asked_again_while_it_is_listed(sandbox):
 
 
 @pytest.mark.parametrize("gone", ["a workflow's jobs", "a job's results"])
-def test_a_404_once_keeps_the_watermark_so_the_next_run_reads_what_it_skipped(
-    sandbox, gone
-):
+def test_what_answered_404_is_asked_again_by_the_next_runs_however_old(sandbox, gone):
     # The run skips a parent that answers 404, as one deleted since it was
-    # listed; but a 404 may be transient. Had the run moved W on, the skipped
-    # jobs, which finished long before, would fall behind W - lookback, and no
-    # later run would ask for their results.
+    # listed; but a 404 may be passing. W moves on past the skipped jobs, which
+    # finished long before: without the STATE naming them, no later run would ask
+    # for their results. Here the 404 comes twice, then the parent answers.
     data = sandbox(**ACCOUNT).dataset["v3"]  # a twin: the same seed, the same uids
     workflow = data["workflows"][3]["uid"]
     in_workflow = [j for j in data["jobs"] if j["workflow_uid"] == workflow]
     if gone == "a workflow's jobs":
-        path = f"/v3/workflows/{workflow}/jobs"
+        path, retry = f"/v3/workflows/{workflow}/jobs", "retry_workflows"
         skipped = {job["uid"] for job in in_workflow if successful(job)}
+        named = [workflow]
     else:
-        job = min(
+        oldest = min(
             (j for j in in_workflow if successful(j)), key=lambda j: j["finish_time"]
         )
-        path = f"/v3/jobs/{job['uid']}/results"
-        skipped = {job["uid"]}
-    server = sandbox(**ACCOUNT, scripted_faults=[{"path": path, "status": 404}])
+        path, retry = f"/v3/jobs/{oldest['uid']}/results", "retry_jobs"
+        skipped = {oldest["uid"]}
+        named = [oldest["uid"]]
+    fault = {"path": path, "status": 404, "times": 2}
+    server = sandbox(**ACCOUNT, scripted_faults=[fault])
     config = v3_config(server)
 
     first = sync(config)
     assert not skipped & set(first.keys("job_results", "job_uid"))
-    finished = {
-        job["uid"]: instant(job["finish_time"])
-        for job in data["jobs"]
-        if job["finish_time"] is not None
-    }
-    loaded = set(first.keys("job_results", "job_uid")) & set(finished)
-    newest = max(finished[uid] for uid in loaded)
-    # The premise: one at least finished more than the lookback (30 minutes)
-    # before the newest job the run loaded.
+    assert entry(first)[retry] == named
+    # The premise: W moved on, past one of them at least (by more than the
+    # lookback, 30 minutes).
+    watermark = instant(entry(first)["watermark"])
     assert any(
-        finished[uid] < newest - datetime.timedelta(minutes=35)
-        for uid in skipped & set(finished)
+        instant(job["finish_time"]) < watermark - datetime.timedelta(minutes=35)
+        for job in data["jobs"]
+        if job["uid"] in skipped
     )
 
+    second = sync(config, state=first.final_state)  # the 404 again
+    assert not skipped & set(second.keys("job_results", "job_uid"))
+    assert entry(second)[retry] == named  # the last run's 404s: it does not grow
+    assert instant(entry(second)["watermark"]) >= watermark
+
     server.clear_requests()
-    second = sync(config, state=first.final_state)
+    third = sync(config, state=second.final_state)
     assert set(result_pages(server)) == skipped
-    union = set(first.keys("job_results", "job_result_id")) | set(
-        second.keys("job_results", "job_result_id")
-    )
+    assert retry not in entry(third)
+    union = {
+        result
+        for out in (first, second, third)
+        for result in out.keys("job_results", "job_result_id")
+    }
     assert union == all_result_ids(server)
-    assert "watermark" not in entry(first)  # kept where it was: none yet
-    assert "watermark" in entry(second)  # a run without a 404 moves it on
 
 
 def test_a_state_this_tap_did_not_write_is_one_line_naming_the_key(sandbox, tmp_path):
@@ -379,6 +382,8 @@ def test_a_state_this_tap_did_not_write_is_one_line_naming_the_key(sandbox, tmp_
     for value, expected in (
         ({"watermark": "yesterday"}, "watermark is not an ISO-8601 date-time"),
         ({"loaded_jobs": "abc"}, "loaded_jobs is not a list of job uids"),
+        ({"retry_workflows": [3]}, "retry_workflows is not a list of workflow uids"),
+        ({"retry_jobs": {}}, "retry_jobs is not a list of job uids"),
     ):
         state.write_text(json.dumps({"bookmarks": {"job_results": value}}))
         run = run_cli(
