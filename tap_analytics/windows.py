@@ -130,7 +130,10 @@ class KeysetWindows:
 
         Chained in C (``itertools.chain``): a generator here would add a frame
         to resume per job, and while nothing is split (loopback) every job
-        passes through here, as in a serial read.
+        passes through here, as in a serial read. So an error in a window's
+        pages does not pass through here either: the windows still queued are
+        discarded when the chain is dropped, and at once by the command line,
+        which cancels every pool when a run fails (``Prefetcher.cancel_all``).
         """
         return itertools.chain.from_iterable(self._windows_in_order())
 
