@@ -534,8 +534,6 @@ class ChildStream(AnalyticsStream):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.state_partitioning_keys = []  # one state entry, whatever the parent
-        #: Parents whose request answered 404 in this run (pool workers add).
-        self.gone_parents: set[str] = set()
 
     def validate_response(self, response: requests.Response) -> None:
         if response.status_code == 404:
@@ -558,7 +556,6 @@ class ChildStream(AnalyticsStream):
                 yield record
         except ParentGoneError as exc:
             assert context is not None  # only child requests raise it
-            self.gone_parents.add(context["parent_id"])
             self.analytics_tap.run_stats.count_skipped_parent(
                 self.name, context["parent_id"]
             )

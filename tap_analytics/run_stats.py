@@ -38,6 +38,11 @@ class RunStats:
         with self._lock:
             self.skipped_parent_ids[stream].add(parent_id)
 
+    def skipped(self, stream: str, parent_id: str) -> bool:
+        """Whether ``stream`` skipped ``parent_id`` in this run."""
+        with self._lock:
+            return parent_id in self.skipped_parent_ids.get(stream, ())
+
     @property
     def skipped_parents(self) -> collections.Counter[str]:
         """How many parents each child stream skipped."""

@@ -325,7 +325,7 @@ class V3JobResultsStream(V3Stream, ChildStream):
         # that finds it listed again within the lookback asks again.
         assert context is not None  # a child stream: one context per job
         self._jobs_fetched += 1
-        if context["parent_id"] in self.gone_parents:
+        if self.analytics_tap.run_stats.skipped(self.name, context["parent_id"]):
             return
         loaded = self.loaded_results
         loaded.loaded(context["parent_id"])
