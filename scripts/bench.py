@@ -1006,9 +1006,12 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, out: IO[str]) -> 
                 if outcome.contender.state_file is not None:
                     first = functools.partial(write_first_state, outcome.contender)
                     _attempt(scenario, outcome, first)
-            # Repeats interleave the contenders, so drift hits them all alike.
-            for _ in range(args.repeat):
-                for outcome in outcomes:
+            # Repeats interleave the contenders, so drift hits them all alike, and
+            # each repeat starts one contender later, so none always runs first
+            # (right after the sandbox started, or after the plain loop).
+            for repeat in range(args.repeat):
+                shift = repeat % len(outcomes)
+                for outcome in outcomes[shift:] + outcomes[:shift]:
                     run = _attempt(
                         scenario,
                         outcome,
