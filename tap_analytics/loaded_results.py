@@ -12,13 +12,17 @@ has written all of them, no later run needs to ask for them again. The
     jobs that finished from W - lookback on, and, after an interrupted run, every
     job that run completed.
 ``retry_workflows``, ``retry_jobs``
-    Uids of the workflows whose job list, and of the jobs whose results, answered
-    404 in the last completed run (present only when there were any).
+    The workflows whose job list, and the jobs whose results, answered 404 in the
+    last completed run (an interrupted run keeps the entries it read):
+    ``{uid: since}``, ``since`` the cutoff (W - lookback) when
+    the parent was first skipped, or null when there was no W (present only when
+    there were any).
 
 A job is fetched unless its uid is loaded or it finished before W - lookback; a
 job without a ``finish_time`` (or with one that is not a date-time) is always
-fetched, and never recorded. A job to retry, or listed by a workflow to retry, is
-fetched unless its uid is loaded, however long ago it finished.
+fetched, and never recorded. A job to retry is fetched unless its uid is loaded,
+however long ago it finished; so is a job that a workflow to retry lists and
+that finished from that workflow's ``since`` on.
 
 **Why W - lookback is enough.** A job is listed as finished at most 5 minutes
 after its ``finish_time``. A completed run sets W to the older of the newest
@@ -39,11 +43,15 @@ job's results, read. A run skips the workflow or job that answers 404, as one
 deleted since it was listed; but a 404 may be passing (a restore, a replica
 behind), and W moves on past that workflow's jobs (or that job). So the run names
 them in ``retry_workflows`` and ``retry_jobs``, and the next run asks for their
-results whatever W says, if they are listed again (their results loaded before
-the 404 that W no longer lists are fetched again: the target upserts them). A
-parent that is not listed again is gone: the next completed run drops it, as it
-drops one read. The lists hold only the last run's 404s, so they do not grow
-from run to run, even when a listed parent answers 404 every time.
+results whatever W says, if they are listed again: a workflow's jobs from the
+cutoff in force when it was first skipped (earlier ones were covered by the W of
+runs that read its list), a job whatever its time. (Jobs of a retried workflow
+loaded after that cutoff but no longer in ``loaded_jobs`` are fetched again: the
+target upserts them.) The entries are the last completed run's 404s: a parent
+read, or not listed again (gone), leaves them. One that is listed and answers
+404 run after run is given up once W has moved :data:`RETRY_DAYS` days past its
+``since`` (the caller logs a WARNING), so the lists stay as short as the 404s of
+the last week.
 
 **STATE size.** After a completed run, ``loaded_jobs`` holds the successful
 jobs that finished between W - lookback and the end of the run: about
@@ -73,6 +81,8 @@ WATERMARK = "watermark"
 LOADED_JOBS = "loaded_jobs"
 RETRY_WORKFLOWS = "retry_workflows"
 RETRY_JOBS = "retry_jobs"
+#: How long (by W) a parent listed and answering 404 run after run is asked again.
+RETRY_DAYS = 7
 
 
 class InvalidStateError(TapAnalyticsError):
@@ -118,9 +128,11 @@ class LoadedResults:
         self._lock = threading.Lock()
         self._watermark = _read_watermark(state.get(WATERMARK))
         self._cutoff = None if self._watermark is None else self._watermark - lookback
-        self._loaded: list[str] = _read_uids(state, LOADED_JOBS)
-        self._retry_workflows = set(_read_uids(state, RETRY_WORKFLOWS))
-        self._retry_jobs = set(_read_uids(state, RETRY_JOBS))
+        self._loaded: list[str] = _read_loaded(state.get(LOADED_JOBS))
+        #: uid -> since (see the module): what the last completed run skipped.
+        self._retry = {
+            key: _read_retry(state, key) for key in (RETRY_WORKFLOWS, RETRY_JOBS)
+        }
         self._loaded_set = set(self._loaded)
         self._pending: list[str] = []  # loaded, not yet in the state entry
         #: finish_time of the listed jobs that may stay in (or join) loaded_jobs
@@ -144,12 +156,19 @@ class LoadedResults:
             if (
                 self._cutoff is not None
                 and finished < self._cutoff
-                and uid not in self._retry_jobs
-                and workflow_uid not in self._retry_workflows
+                and uid not in self._retry[RETRY_JOBS]
+                and not self._retried(workflow_uid, finished)
             ):
                 return False
             self._finished[uid] = finished
             return uid not in self._loaded_set
+
+    def _retried(self, workflow_uid: t.Any, finished: datetime.datetime) -> bool:
+        """Whether a job of ``workflow_uid`` that finished then is to be asked again."""
+        if workflow_uid not in self._retry[RETRY_WORKFLOWS]:
+            return False
+        since = self._retry[RETRY_WORKFLOWS][workflow_uid]
+        return since is None or finished >= since
 
     def loaded(self, uid: str) -> None:
         """All results of ``uid`` were written: ``publish`` puts it in the state."""
@@ -180,31 +199,46 @@ class LoadedResults:
         *,
         skipped_workflows: Iterable[str] = (),
         skipped_jobs: Iterable[str] = (),
-    ) -> None:
+    ) -> list[str]:
         """Every listed job's results are written, but for the workflows and jobs
         skipped on a 404: move W on, drop covered uids, name the skipped to retry.
 
         Without the server's time at the run's start, W stays (the loaded jobs are
         kept by uid instead): nothing is skipped, the STATE grows.
+
+        Returns the parents given up (see the module's "Parents skipped on a 404").
         """
-        for key, uids in (
-            (RETRY_WORKFLOWS, skipped_workflows),
-            (RETRY_JOBS, skipped_jobs),
-        ):
-            if retry := sorted(uids):
-                self._state[key] = retry
-            else:
-                self._state.pop(key, None)
         if self._newest is not None and run_started_at is not None:
             reached = min(self._newest, run_started_at)
             if self._watermark is None or reached > self._watermark:
                 self._watermark = reached
+        given_up = []
+        for key, uids in (
+            (RETRY_WORKFLOWS, skipped_workflows),
+            (RETRY_JOBS, skipped_jobs),
+        ):
+            retry: dict[str, str | None] = {}
+            for uid in sorted(uids):
+                # Skipped before too: asked again from when it was first skipped.
+                since = self._retry[key].get(uid, self._cutoff)
+                if (
+                    since is not None
+                    and self._watermark is not None
+                    and self._watermark - since > datetime.timedelta(days=RETRY_DAYS)
+                ):
+                    given_up.append(uid)
+                    continue
+                retry[uid] = None if since is None else since.isoformat()
+            if retry:
+                self._state[key] = retry
+            else:
+                self._state.pop(key, None)
         if self._watermark is None:
             self.publish()  # nothing finished was listed: nothing to prune
-            return
+            return given_up
         cutoff = self._watermark - self._lookback
         # Uids not listed by this run belong to deleted jobs, or to a workflow to
-        # retry, which the next run reads whatever this list says: they go too.
+        # retry, whose jobs the next run reads again from its since: they go too.
         self._loaded = sorted(
             uid
             for uid in self._loaded_set
@@ -214,6 +248,7 @@ class LoadedResults:
         self._pending.clear()
         self._state[WATERMARK] = self._watermark.isoformat()
         self._state[LOADED_JOBS] = self._loaded
+        return given_up
 
 
 def _read_watermark(value: t.Any) -> datetime.datetime | None:
@@ -225,14 +260,31 @@ def _read_watermark(value: t.Any) -> datetime.datetime | None:
         raise InvalidStateError(_invalid(WATERMARK, "an ISO-8601 date-time")) from None
 
 
-def _read_uids(state: dict[str, t.Any], key: str) -> list[str]:
-    value = state.get(key)
+def _read_loaded(value: t.Any) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(uid, str) for uid in value):
-        what = "workflow" if key == RETRY_WORKFLOWS else "job"
-        raise InvalidStateError(_invalid(key, f"a list of {what} uids"))
+        raise InvalidStateError(_invalid(LOADED_JOBS, "a list of job uids"))
     return list(value)
+
+
+def _read_retry(
+    state: dict[str, t.Any], key: str
+) -> dict[str, datetime.datetime | None]:
+    value = state.get(key)
+    if value is None:
+        return {}
+    what = "workflow" if key == RETRY_WORKFLOWS else "job"
+    problem = _invalid(key, f"an object of {what} uids to ISO-8601 date-times or null")
+    if not isinstance(value, dict):
+        raise InvalidStateError(problem)
+    retry: dict[str, datetime.datetime | None] = {}
+    for uid, since in value.items():
+        try:
+            retry[uid] = None if since is None else parse_timestamp(since)
+        except (TypeError, ValueError):
+            raise InvalidStateError(problem) from None
+    return retry
 
 
 def _invalid(key: str, expected: str) -> str:

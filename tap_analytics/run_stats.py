@@ -17,8 +17,8 @@ class RunStats:
         self.retries = 0
         #: Records synced, by stream (as the SDK counts them: selected, before maps).
         self.records: collections.Counter[str] = collections.Counter()
-        #: Parents (their ids, by child stream name) whose child request answered 404.
-        self.skipped_parent_ids: dict[str, set[str]] = collections.defaultdict(set)
+        # Parents (their ids, by child stream name) whose child request answered 404.
+        self._skipped: dict[str, set[str]] = collections.defaultdict(set)
         #: Fields the schema contract added this run: ``stream.field (type)``.
         self.added_fields: list[str] = []
 
@@ -36,12 +36,17 @@ class RunStats:
 
     def count_skipped_parent(self, stream: str, parent_id: str) -> None:
         with self._lock:
-            self.skipped_parent_ids[stream].add(parent_id)
+            self._skipped[stream].add(parent_id)
 
     def skipped(self, stream: str, parent_id: str) -> bool:
         """Whether ``stream`` skipped ``parent_id`` in this run."""
         with self._lock:
-            return parent_id in self.skipped_parent_ids.get(stream, ())
+            return parent_id in self._skipped.get(stream, ())
+
+    def skipped_ids(self, *streams: str) -> set[str]:
+        """The parents any of ``streams`` skipped in this run."""
+        with self._lock:
+            return set().union(*(self._skipped.get(name, ()) for name in streams))
 
     @property
     def skipped_parents(self) -> collections.Counter[str]:
@@ -51,7 +56,7 @@ class RunStats:
 
     def _skipped_counts(self) -> collections.Counter[str]:
         return collections.Counter(
-            {stream: len(ids) for stream, ids in self.skipped_parent_ids.items()}
+            {stream: len(ids) for stream, ids in self._skipped.items()}
         )
 
     def count_added_field(self, stream: str, field: str, json_type: str) -> None:

@@ -12,7 +12,7 @@ import msgspec
 
 from tap_analytics import concurrency, schemas
 from tap_analytics.client import AnalyticsStream, ChildStream
-from tap_analytics.loaded_results import LoadedResults
+from tap_analytics.loaded_results import RETRY_DAYS, LoadedResults
 from tap_analytics.pagination import (
     MAX_LIMIT,
     JobsKeysetPaginator,
@@ -271,7 +271,9 @@ class V3SuccessfulJobsStream(V3JobsStream):
         # SDK syncs no children for it and the page pool requests none; yielding
         # a None context instead would log a WARNING per job.
         results = t.cast("V3JobResultsStream", self.child_streams[0])
-        finished, workflow = record.get("finish_time"), record.get("workflow_uid")
+        # The workflow is the request's parent (the record's field could be "").
+        workflow = None if context is None else context["parent_id"]
+        finished = record.get("finish_time")
         if results.loaded_results.wants(record["uid"], finished, workflow_uid=workflow):
             yield from super().generate_child_contexts(record, context)
 
@@ -359,12 +361,23 @@ class V3JobResultsStream(V3Stream, ChildStream):
                 "watermark stays where it was (the STATE keeps this run's job uids)"
             )
         # A 404 may be passing: the next run asks for these again, whatever W says.
-        skipped = self.analytics_tap.run_stats.skipped_parent_ids
-        workflows = skipped.get(V3JobsStream.name, set()) | skipped.get(
-            V3SuccessfulJobsStream.name, set()
+        # (A workflow's job list is one fetch for both streams, kept by whichever
+        # reads it: jobs, or successful_jobs when jobs is not selected.)
+        run_stats = self.analytics_tap.run_stats
+        workflows = run_stats.skipped_ids(
+            V3JobsStream.name, V3SuccessfulJobsStream.name
         )
-        jobs = skipped.get(self.name, set())
-        loaded.complete(started_at, skipped_workflows=workflows, skipped_jobs=jobs)
+        jobs = run_stats.skipped_ids(self.name)
+        given_up = loaded.complete(
+            started_at, skipped_workflows=workflows, skipped_jobs=jobs
+        )
+        if given_up:
+            self.logger.warning(
+                "Stopped asking again for the results of %s: listed, but answering "
+                "404 for %d days",
+                ", ".join(given_up),
+                RETRY_DAYS,
+            )
         self.state_manager.is_flushed = False
         self._write_state_message()
         watermark = "none" if loaded.watermark is None else loaded.watermark.isoformat()

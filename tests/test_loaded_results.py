@@ -109,6 +109,50 @@ def test_a_job_without_a_usable_finish_time_is_fetched_every_run():
     assert state == {}
 
 
+def test_a_workflow_to_retry_is_asked_again_from_when_it_was_first_skipped():
+    day = 24 * HOUR
+    state = {
+        "watermark": T0.isoformat(),
+        "retry_workflows": {"wf": (T0 - 2 * day).isoformat()},
+        "retry_jobs": {"job": (T0 - 3 * day).isoformat()},
+    }
+    loaded = LoadedResults(roundtrip(state), LOOKBACK)
+    # Before its since, the W of runs that read its list covered it.
+    assert not loaded.wants("a", iso(T0 - 3 * day), workflow_uid="wf")
+    assert loaded.wants("b", iso(T0 - day), workflow_uid="wf")
+    assert not loaded.wants("c", iso(T0 - day), workflow_uid="other")
+    assert loaded.wants("job", iso(T0 - 30 * day), workflow_uid="other")
+
+    # Skipped again: the since it had stays; a job skipped now gets this run's
+    # cutoff.
+    entry = roundtrip(state)
+    LoadedResults(entry, LOOKBACK).complete(
+        T0, skipped_workflows=["wf"], skipped_jobs=["new"]
+    )
+    assert entry["retry_workflows"] == {"wf": (T0 - 2 * day).isoformat()}
+    assert entry["retry_jobs"] == {"new": (T0 - LOOKBACK).isoformat()}
+    # Read, or no longer listed: gone from the lists.
+    entry = roundtrip(state)
+    LoadedResults(entry, LOOKBACK).complete(T0)
+    assert "retry_workflows" not in entry
+    assert "retry_jobs" not in entry
+
+
+def test_a_parent_answering_404_for_a_week_is_given_up():
+    state = {
+        "watermark": T0.isoformat(),
+        "retry_jobs": {"j": (T0 - 7 * 24 * HOUR - MINUTE).isoformat()},
+        "retry_workflows": {"w": (T0 - 6 * 24 * HOUR).isoformat()},
+    }
+    entry = roundtrip(state)
+    given_up = LoadedResults(entry, LOOKBACK).complete(
+        T0, skipped_workflows=["w"], skipped_jobs=["j"]
+    )
+    assert given_up == ["j"]
+    assert "retry_jobs" not in entry
+    assert list(entry["retry_workflows"]) == ["w"]
+
+
 def test_the_run_clock_is_the_date_of_the_first_response():
     clock = RunClock()
     undated = requests.Response()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tap_analytics import concurrency, loaded_results
+from tap_analytics.tap import TapAnalytics
 from tests.tap_runner import Output, run_cli, sync, v3_config
 from tests.test_interrupts import RunningTap
 
@@ -323,8 +324,18 @@ def test_a_job_that_answered_404_is_asked_again_while_it_is_listed(sandbox):
     assert union == all_result_ids(server)
 
 
-@pytest.mark.parametrize("gone", ["a workflow's jobs", "a job's results"])
-def test_what_answered_404_is_asked_again_by_the_next_runs_however_old(sandbox, gone):
+@pytest.mark.parametrize(
+    ("gone", "jobs_selected"),
+    [
+        ("a workflow's jobs", True),
+        # The job list is then fetched for successful_jobs, which keeps the 404.
+        ("a workflow's jobs", False),
+        ("a job's results", True),
+    ],
+)
+def test_what_answered_404_is_asked_again_by_the_next_runs_however_old(
+    sandbox, gone, jobs_selected
+):
     # The run skips a parent that answers 404, as one deleted since it was
     # listed; but a 404 may be passing. W moves on past the skipped jobs, which
     # finished long before: without the STATE naming them, no later run would ask
@@ -346,10 +357,20 @@ def test_what_answered_404_is_asked_again_by_the_next_runs_however_old(sandbox, 
     fault = {"path": path, "status": 404, "times": 2}
     server = sandbox(**ACCOUNT, scripted_faults=[fault])
     config = v3_config(server)
+    catalog = TapAnalytics(config=config).catalog_dict
+    for stream in catalog["streams"]:
+        for item in stream["metadata"]:
+            if stream["tap_stream_id"] == "jobs" and item["breadcrumb"] == []:
+                item["metadata"]["selected"] = jobs_selected
 
-    first = sync(config)
+    def sync_selected(state: dict[str, Any] | None = None) -> Output:
+        return sync(config, state=state, catalog=catalog)
+
+    first = sync_selected()
+    assert ("jobs" in first.records) == jobs_selected
     assert not skipped & set(first.keys("job_results", "job_uid"))
-    assert entry(first)[retry] == named
+    # Asked again from the start: the run began without a watermark.
+    assert entry(first)[retry] == dict.fromkeys(named)
     # The premise: W moved on, past one of them at least (by more than the
     # lookback, 30 minutes).
     watermark = instant(entry(first)["watermark"])
@@ -359,13 +380,13 @@ def test_what_answered_404_is_asked_again_by_the_next_runs_however_old(sandbox, 
         if job["uid"] in skipped
     )
 
-    second = sync(config, state=first.final_state)  # the 404 again
+    second = sync_selected(first.final_state)  # the 404 again
     assert not skipped & set(second.keys("job_results", "job_uid"))
-    assert entry(second)[retry] == named  # the last run's 404s: it does not grow
+    assert entry(second)[retry] == dict.fromkeys(named)  # one entry still
     assert instant(entry(second)["watermark"]) >= watermark
 
     server.clear_requests()
-    third = sync(config, state=second.final_state)
+    third = sync_selected(second.final_state)
     assert set(result_pages(server)) == skipped
     assert retry not in entry(third)
     union = {
@@ -382,8 +403,15 @@ def test_a_state_this_tap_did_not_write_is_one_line_naming_the_key(sandbox, tmp_
     for value, expected in (
         ({"watermark": "yesterday"}, "watermark is not an ISO-8601 date-time"),
         ({"loaded_jobs": "abc"}, "loaded_jobs is not a list of job uids"),
-        ({"retry_workflows": [3]}, "retry_workflows is not a list of workflow uids"),
-        ({"retry_jobs": {}}, "retry_jobs is not a list of job uids"),
+        (
+            {"retry_workflows": ["w"]},
+            "retry_workflows is not an object of workflow uids to ISO-8601 "
+            "date-times or null",
+        ),
+        (
+            {"retry_jobs": {"j": "soon"}},
+            "retry_jobs is not an object of job uids to ISO-8601 date-times or null",
+        ),
     ):
         state.write_text(json.dumps({"bookmarks": {"job_results": value}}))
         run = run_cli(
